@@ -1,0 +1,1 @@
+"""Tokenizers, corpora and packing of documents into fixed-length training chunks."""

@@ -1,0 +1,1 @@
+"""Evaluation: likelihood bounds and, later, judged quality, diversity and the benchmark runner."""

@@ -1,0 +1,3 @@
+from .transformer import ModelConfig, Transformer
+
+__all__ = ["ModelConfig", "Transformer"]

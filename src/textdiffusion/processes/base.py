@@ -1,0 +1,75 @@
+"""The interface every forward process implements, and the registry that names them."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+
+@dataclass
+class LossOutput:
+    total: torch.Tensor  # scalar: NELBO (or NLL) summed over the batch, in nats
+    n_tokens: int  # tokens it covers; total / n_tokens is the per-token loss
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.total / max(self.n_tokens, 1)
+
+
+class DiffusionProcess:
+    """A forward (noising) process and its training objective.
+
+    `name` keys the registry; `config()` is stored in a model's config.json and passed back as
+    keyword arguments to rebuild the process.
+    """
+
+    name: str
+
+    def config(self) -> dict:
+        raise NotImplementedError
+
+    def sample_noise(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """All randomness of one loss evaluation, as tensors with the batch as first dimension.
+
+        Drawing it apart from `loss` lets a trainer draw it once for a global batch and slice it
+        across processes and micro-batches, so the result does not depend on how work is split.
+        """
+        raise NotImplementedError
+
+    def nelbo_per_sequence(self, model: nn.Module, x0: torch.Tensor, noise: dict[str, torch.Tensor],
+                           loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One-sample estimate of each sequence's negative ELBO (or exact NLL), [B], in nats."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, x0: torch.Tensor, noise: dict[str, torch.Tensor],
+             loss_mask: torch.Tensor | None = None) -> LossOutput:
+        per_seq = self.nelbo_per_sequence(model, x0, noise, loss_mask)
+        n_tokens = x0.numel() if loss_mask is None else int(loss_mask.sum())
+        return LossOutput(total=per_seq.sum(), n_tokens=n_tokens)
+
+    def sampled_loss(self, model: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None,
+                     loss_mask: torch.Tensor | None = None) -> LossOutput:
+        return self.loss(model, x0, self.sample_noise(x0, generator), loss_mask)
+
+
+PROCESSES: dict[str, type[DiffusionProcess]] = {}
+
+
+def register(cls: type[DiffusionProcess]) -> type[DiffusionProcess]:
+    PROCESSES[cls.name] = cls
+    return cls
+
+
+def build_process(name: str, /, vocab_size: int, mask_id: int, **options) -> DiffusionProcess:
+    """Make process `name`; options it does not take (other families' settings) are ignored."""
+    if name not in PROCESSES:
+        raise UserError(f"unknown process {name!r}: choose one of {', '.join(sorted(PROCESSES))}")
+    cls = PROCESSES[name]
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in options.items() if k in accepted and k != "name"}
+    return cls(vocab_size=vocab_size, mask_id=mask_id, **kwargs)

@@ -1,0 +1,1 @@
+"""Training: configuration, the trainer loop, optimiser and schedule, EMA, checkpoints."""

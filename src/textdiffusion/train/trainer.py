@@ -1,0 +1,290 @@
+"""The training loop: one code path for 1 process or N under torchrun (DDP).
+
+Every rank draws the same global batch and the same noise (data cursor and generator are
+shared), then takes its own slice, so a 2-process run takes the same steps as a 1-process run
+with the same global batch. Checkpoints hold everything needed to resume exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
+
+from ..data.corpus import iter_documents
+from ..data.packing import ChunkBatches, StreamBatches, iter_chunks, pack_tensor
+from ..data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+from ..errors import UserError
+from ..eval.likelihood import nelbo
+from ..models import ModelConfig, Transformer
+from ..processes import build_process
+from . import checkpoint as ckpt
+from .config import Config
+from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from .optim import EMA, build_optimizer, lr_at
+
+BPE_TRAIN_CHARS = 50_000_000  # a trained BPE sees at most this much text
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda but no CUDA device is visible: use train.device=cpu")
+    return torch.device(name)
+
+
+def _docs(cfg: Config, split: str):
+    d = cfg.data
+    return iter_documents(d.source, split, d.val_fraction, d.split_seed, d.text_field, d.hf_split)
+
+
+def _limited_texts(cfg: Config):
+    seen = 0
+    for doc in _docs(cfg, "train"):
+        yield doc
+        seen += len(doc)
+        if seen >= BPE_TRAIN_CHARS:
+            return
+
+
+def prepare_tokenizer(cfg: Config, out_dir: Path, info: DistInfo) -> Tokenizer:
+    """Rank 0 builds (and for bpe, trains) the tokenizer and saves it; the others load that copy."""
+    tok_dir = out_dir / "tokenizer"
+    if info.is_main and not (tok_dir / "tokenizer_meta.json").is_file():
+        needs_text = cfg.data.tokenizer == "bpe"
+        tok = build_tokenizer(cfg.data.tokenizer, _limited_texts(cfg) if needs_text else None,
+                              cfg.data.vocab_size)
+        tok.save(tok_dir)
+    barrier(info)
+    return load_tokenizer(tok_dir)
+
+
+def model_config(cfg: Config, tok: Tokenizer, causal: bool = False) -> ModelConfig:
+    return ModelConfig(vocab_size=tok.vocab_size, seq_len=cfg.data.seq_len, causal=causal, **asdict(cfg.model))
+
+
+def make_batches(cfg: Config, tok: Tokenizer):
+    d = cfg.data
+    if d.streaming or d.source.startswith("hf:"):
+        return StreamBatches(lambda: iter_chunks(_docs(cfg, "train"), tok, d.seq_len, d.packing),
+                             cfg.train.batch_size)
+    chunks = pack_tensor(_docs(cfg, "train"), tok, d.seq_len, d.packing)
+    return ChunkBatches(chunks, cfg.train.batch_size, seed=cfg.train.seed)
+
+
+def validation_chunks(cfg: Config, tok: Tokenizer, limit: int) -> torch.Tensor:
+    rows = []
+    for row in iter_chunks(_docs(cfg, "validation"), tok, cfg.data.seq_len, cfg.data.packing):
+        rows.append(row)
+        if len(rows) >= limit:
+            break
+    if not rows:
+        raise UserError("the validation split is empty: raise data.val_fraction or add documents")
+    return torch.tensor(rows, dtype=torch.long)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: bool = False):
+        self.cfg = cfg
+        self.device = pick_device(cfg.train.device)
+        self.info = init_distributed(self.device.type)
+        if self.info.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.info.local_rank)
+        self.out_dir = Path(cfg.run.out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoint"
+        self._check_batch()
+        torch.manual_seed(cfg.train.seed)
+        self.tok = prepare_tokenizer(cfg, self.out_dir, self.info)
+        self.model_cfg = model_config(cfg, self.tok)
+        self.model = Transformer(self.model_cfg).to(self.device)
+        self.process = build_process(cfg.process.name, vocab_size=self.tok.vocab_size,
+                                     mask_id=self.tok.mask_id, **asdict(cfg.process))
+        t = cfg.train
+        self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay, (t.beta1, t.beta2))
+        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        self.batches = make_batches(cfg, self.tok)
+        self.val = validation_chunks(cfg, self.tok, cfg.run.eval_batches * self.micro_batch)
+        self.noise_gen = torch.Generator().manual_seed(t.seed)
+        self.step, self.tokens_seen, self.elapsed = 0, 0, 0.0
+        if resume:
+            self._load_state()
+        self.ddp = DDP(self.model) if self.info.enabled else self.model
+        self.forward_model = torch.compile(self.ddp) if t.compile else self.ddp
+
+    # ---- set-up helpers -------------------------------------------------------------------
+    def _check_batch(self) -> None:
+        t, world = self.cfg.train, self.info.world_size
+        if t.steps <= 0:
+            raise UserError(f"train.steps must be positive, got {t.steps}")
+        if t.batch_size % world:
+            raise UserError(f"train.batch_size {t.batch_size} does not split over {world} processes")
+        local = t.batch_size // world
+        self.micro_batch = t.micro_batch_size or local
+        if local % self.micro_batch:
+            raise UserError(f"per-process batch {local} is not a multiple of train.micro_batch_size "
+                            f"{self.micro_batch}")
+
+    def _autocast(self):
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.cfg.train.precision != "fp32":
+            raise UserError(f"train.precision must be bf16 or fp32, got {self.cfg.train.precision!r}")
+        return contextlib.nullcontext()
+
+    # ---- the loop -------------------------------------------------------------------------
+    def train_step(self) -> float:
+        t, info = self.cfg.train, self.info
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, t.lr, t.warmup_steps, t.steps, t.min_lr_ratio)
+        x_global = self.batches.next_global()
+        noise_global = self.process.sample_noise(x_global, self.noise_gen)
+        local = t.batch_size // info.world_size
+        rows = slice(info.rank * local, (info.rank + 1) * local)
+        n_global_tokens = x_global.numel()
+        total = torch.zeros((), dtype=torch.float64)
+        n_micro = local // self.micro_batch
+        for i in range(n_micro):
+            part = slice(rows.start + i * self.micro_batch, rows.start + (i + 1) * self.micro_batch)
+            x0 = x_global[part].to(self.device)
+            noise = {k: v[part].to(self.device) for k, v in noise_global.items()}
+            sync = i == n_micro - 1 or not info.enabled
+            with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self._autocast():
+                out = self.process.loss(self.forward_model, x0, noise)
+            # DDP averages gradients over ranks; scale so the result is the global per-token mean.
+            (out.total * info.world_size / n_global_tokens).backward()
+            total += out.total.detach().double().cpu()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        self.tokens_seen += n_global_tokens
+        return float(all_reduce_sum(total, info) / n_global_tokens)
+
+    def run(self) -> Path:
+        r, info = self.cfg.run, self.info
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=self.cfg.train.steps, initial=self.step, disable=not (r.progress and info.is_main),
+                   desc="train", dynamic_ncols=True)
+        window_start, window_tokens = time.perf_counter(), 0
+        try:
+            while self.step < self.cfg.train.steps:
+                start = time.perf_counter()
+                loss = self.train_step()
+                self.elapsed += time.perf_counter() - start
+                window_tokens += self.cfg.train.batch_size * self.cfg.data.seq_len
+                bar.update(1)
+                if self.step % r.log_every == 0 or self.step == self.cfg.train.steps:
+                    rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                    window_start, window_tokens = time.perf_counter(), 0
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
+                    self._log({"step": self.step, "loss": loss, "tokens": self.tokens_seen,
+                               "tokens_per_s": rate, "lr": self.optimizer.param_groups[0]["lr"],
+                               "elapsed_s": self.elapsed})
+                if r.eval_every and (self.step % r.eval_every == 0 or self.step == self.cfg.train.steps):
+                    self.evaluate()
+                if r.sample_every and self.step % r.sample_every == 0:
+                    self.log_sample()
+                if self.step % r.save_every == 0 or self.step == self.cfg.train.steps:
+                    self.save()
+            if not r.sample_every:
+                self.log_sample()
+        finally:
+            bar.close()
+            cleanup(info)
+        return self.ckpt_dir
+
+    # ---- evaluation, samples, logs --------------------------------------------------------
+    def inference_model(self) -> Transformer:
+        """The EMA weights in a separate copy of the model (the raw weights when EMA is off)."""
+        model = copy.deepcopy(self.model)
+        if self.ema is not None:
+            model.load_state_dict({k: v.to(self.device) for k, v in self.ema.shadow.items()})
+        return model.eval()
+
+    def evaluate(self) -> dict:
+        model = self.inference_model()
+        with self._autocast():
+            res = nelbo(model, self.process, self.val, t_samples=1, batch_size=self.micro_batch, seed=1234)
+        row = {"step": self.step, "val_nelbo": res.nats_per_token, "val_stderr": res.stderr,
+               "val_ppl_bound": res.perplexity, "val_tokens": res.n_tokens}
+        self._log(row)
+        return row
+
+    def log_sample(self) -> None:
+        if not self.info.is_main:
+            return
+        from ..samplers import AncestralConfig, ancestral_sample
+
+        model = self.inference_model()
+        x = torch.full((1, self.cfg.data.seq_len), self.tok.mask_id, device=self.device)
+        gen = torch.Generator(device=self.device).manual_seed(self.step)
+        with self._autocast():
+            out = ancestral_sample(model, self.process, x, AncestralConfig(steps=self.cfg.run.sample_steps),
+                                   generator=gen)
+        self._log({"step": self.step, "sample": self.tok.decode(out.ids[0].tolist())})
+
+    def _log(self, row: dict) -> None:
+        if not self.info.is_main:
+            return
+        with (self.out_dir / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def config_dict(self) -> dict:
+        return {"model": self.model_cfg.to_dict(), "process": {"name": self.process.name, **self.process.config()},
+                "tokenizer": self.tok.kind, "train_config": self.cfg.to_dict(),
+                "trained": {"steps": self.step, "tokens_seen": self.tokens_seen, "train_seconds": self.elapsed,
+                            "world_size": self.info.world_size, "device": self.device.type}}
+
+    def save(self) -> None:
+        if not self.info.is_main:
+            barrier(self.info)
+            return
+        state = {"step": self.step, "tokens_seen": self.tokens_seen, "elapsed": self.elapsed,
+                 "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
+                 "noise_gen": self.noise_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                 "ema": None if self.ema is None else {"decay": self.ema.decay, "updates": self.ema.updates}}
+
+        def write(folder: Path) -> None:
+            ckpt.write_config(folder, self.config_dict())
+            ckpt.save_weights(self.model.state_dict(), folder / ckpt.WEIGHTS_FILE)
+            if self.ema is not None:
+                ckpt.save_weights(self.ema.shadow, folder / ckpt.EMA_FILE)
+            self.tok.save(folder)
+            torch.save(state, folder / ckpt.STATE_FILE)
+
+        ckpt.atomic_folder(self.ckpt_dir, write)
+        barrier(self.info)
+
+    def _load_state(self) -> None:
+        folder = ckpt.resolve_model_dir(self.ckpt_dir) if self.ckpt_dir.parent.exists() else None
+        if folder is None:
+            raise UserError(f"nothing to resume in {self.out_dir}: no checkpoint there yet")
+        saved = ckpt.read_config(folder)
+        if saved["model"] != self.model_cfg.to_dict():
+            raise UserError("the checkpoint's model shape differs from this config: resume with the "
+                            "same model and data settings")
+        state = ckpt.load_trainer_state(folder)
+        self.model.load_state_dict(ckpt.load_weights(folder / ckpt.WEIGHTS_FILE))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict({**state["ema"], "shadow": ckpt.load_weights(folder / ckpt.EMA_FILE)})
+        self.batches.load_state_dict(state["data"])
+        self.noise_gen.set_state(state["noise_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.tokens_seen, self.elapsed = state["step"], state["tokens_seen"], state["elapsed"]
+
+
+def train(cfg: Config, resume: bool = False) -> Path:
+    return Trainer(cfg, resume).run()
