@@ -1,0 +1,189 @@
+"""Command line: thin wrappers that parse arguments, call the library and print.
+
+User mistakes (a missing file, a bad gap, steps <= 0, ...) print one line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+from .pretrained import DEFAULT_MODEL
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=str(DEFAULT_MODEL),
+                   help="model folder (default: the shipped Shakespeare MDLM)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def _add_sampling(p: argparse.ArgumentParser, steps: int = 128) -> None:
+    p.add_argument("--steps", type=int, default=steps, help="reverse diffusion steps")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--no-cache", action="store_true", help="call the denoiser even when nothing changed")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--filmstrip", type=int, default=0, metavar="N",
+                   help="also print N frames of the first sample crystallizing from masks")
+    p.add_argument("--export", default=None, metavar="FILE",
+                   help="write the filmstrip of the first sample to FILE (.html, .gif or .txt)")
+
+
+def _sampling_options(args) -> dict:
+    return {"steps": args.steps, "temperature": args.temperature, "top_p": args.top_p,
+            "cache": not args.no_cache}
+
+
+def _pipeline(args):
+    from .pipeline import Pipeline
+
+    return Pipeline.from_pretrained(args.model, device=args.device)
+
+
+def _show_frames(args, pipe, out) -> None:
+    if not (args.filmstrip or args.export):
+        return
+    from .filmstrip import export, render_terminal
+
+    if args.filmstrip:
+        print(render_terminal(out.frames, pipe.tokenizer, n=args.filmstrip))
+    if args.export:
+        print(f"filmstrip written to {export(out.frames, pipe.tokenizer, Path(args.export))}")
+
+
+def cmd_sample(args) -> None:
+    pipe = _pipeline(args)
+    out = pipe.generate(num_samples=args.num_samples, length=args.length, prompt=args.prompt, seed=args.seed,
+                        return_frames=bool(args.filmstrip or args.export), **_sampling_options(args))
+    for i, text in enumerate(out.texts):
+        print(f"--- sample {i + 1} ---\n{text}")
+    n_tokens = out.ids.numel()
+    rate = n_tokens / max(out.seconds, 1e-9)
+    print(f"[{n_tokens} tokens in {out.seconds:.2f}s, {rate:,.0f} tokens/s, {out.nfe} forward passes]")
+    _show_frames(args, pipe, out)
+
+
+def cmd_infill(args) -> None:
+    pipe = _pipeline(args)
+    out = pipe.infill(args.text, num_samples=args.num_samples, seed=args.seed,
+                      return_frames=bool(args.filmstrip or args.export), **_sampling_options(args))
+    for i, (text, fills) in enumerate(zip(out.texts, out.fills)):
+        print(f"--- fill {i + 1}: {' | '.join(repr(f) for f in fills)} ---\n{text}")
+    _show_frames(args, pipe, out)
+
+
+def cmd_score(args) -> None:
+    pipe = _pipeline(args)
+    texts = list(args.text)
+    for f in args.file or []:
+        path = Path(f)
+        if not path.is_file():
+            raise UserError(f"file {f} not found")
+        texts.append(path.read_text(encoding="utf-8", errors="replace"))
+    if not texts:
+        raise UserError("nothing to score: give text arguments or --file")
+    for text, res in zip(texts, pipe.score(texts, t_samples=args.t_samples, seed=args.seed)):
+        head = text[:60].replace("\n", " ")
+        print(f"{res.nats_per_token:.4f} ± {res.stderr:.4f} nats/token  {res.bits_per_token:.4f} bits/token  "
+              f"ppl <= {res.perplexity:.2f}  ({res.n_tokens} tokens, {res.t_samples} t-samples)  {head!r}")
+
+
+def cmd_train(args) -> None:
+    from .train.config import load_config
+    from .train.trainer import train
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"run.out_dir={args.out}")
+    cfg = load_config(args.config, overrides)
+    folder = train(cfg, resume=args.resume)
+    print(f"checkpoint: {folder}")
+
+
+def cmd_presets(args) -> None:
+    from .train.config import PRESETS_DIR, presets
+
+    for name in presets():
+        first = (PRESETS_DIR / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
+        print(f"{name:20s} {first}")
+
+
+def cmd_demo(args) -> None:
+    from .filmstrip import render_terminal
+
+    pipe = _pipeline(args)
+    seed = args.seed
+    print(f"== model: {args.model}")
+    out = pipe.generate(num_samples=3, steps=args.steps, seed=seed, return_frames=True)
+    for i, text in enumerate(out.texts):
+        print(f"\n--- sample {i + 1} ---\n{text.strip()}")
+    print(f"\n[{out.ids.numel()} tokens in {out.seconds:.2f}s, {out.nfe} forward passes]")
+    prompt = "KING.\nWhat say you, [MASK]x12 of the night?\n\nQUEEN.\nMy lord,"
+    fill = pipe.infill(prompt, steps=args.steps, seed=seed)
+    print(f"\n== infill (left and right context)\n{prompt}\n->\n{fill.texts[0]}")
+    print("\n== filmstrip of sample 1 (▒ is [MASK])")
+    print(render_terminal(out.frames, pipe.tokenizer, n=6))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="textdiffusion", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="samples, an infill and a filmstrip from the shipped model")
+    _add_model(p)
+    p.add_argument("--steps", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a model from a preset or YAML config")
+    p.add_argument("--config", default="tiny", help="preset name (see `presets`) or a YAML file")
+    p.add_argument("--out", default=None, help="run folder (overrides run.out_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=500 data.source=my.txt")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("presets", help="list the training presets")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("sample", help="generate text")
+    _add_model(p)
+    _add_sampling(p)
+    p.add_argument("-n", "--num-samples", type=int, default=1)
+    p.add_argument("--length", type=int, default=None, help="tokens per sample (default: the model's length)")
+    p.add_argument("--prompt", default=None, help="text the samples start with")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("infill", help='fill gaps: "The [MASK]x5 of the night"')
+    _add_model(p)
+    _add_sampling(p)
+    p.add_argument("text", help="text with [MASK] (one token) or [MASK]xN (N tokens) gaps")
+    p.add_argument("-n", "--num-samples", type=int, default=1)
+    p.set_defaults(func=cmd_infill)
+
+    p = sub.add_parser("score", help="upper-bound the negative log-likelihood of texts (NELBO)")
+    _add_model(p)
+    p.add_argument("text", nargs="*", help="texts to score")
+    p.add_argument("--file", action="append", help="score the contents of a file (repeatable)")
+    p.add_argument("--t-samples", type=int, default=32, help="Monte Carlo draws of t per window")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_score)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"textdiffusion: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("textdiffusion: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

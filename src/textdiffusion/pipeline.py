@@ -1,0 +1,218 @@
+"""The front door: load a model folder, then generate, infill and score text.
+
+    pipe = Pipeline.from_pretrained("path/to/model")
+    out = pipe.generate(num_samples=3, steps=128, seed=0, return_frames=True)
+    out = pipe.infill("The [MASK]x5 of the night")
+    [s.bits_per_token for s in pipe.score(["To be, or not to be"])]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .data.tokenizers import Tokenizer, load_tokenizer
+from .errors import UserError
+from .eval.likelihood import LikelihoodResult, nelbo
+from .infill import parse_gaps
+from .models import ModelConfig, Transformer
+from .processes import DiffusionProcess, build_process
+from .samplers import SAMPLERS, Frame
+from .train import checkpoint as ckpt
+
+
+@dataclass
+class GenerationOutput:
+    texts: list[str]
+    ids: torch.Tensor  # [B, L]
+    nfe: int  # denoiser forward passes
+    seconds: float
+    frames: list[Frame] = field(default_factory=list)
+    fills: list[list[str]] = field(default_factory=list)  # infill only: the text of each gap
+
+
+def _device(name: str | torch.device | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Pipeline:
+    def __init__(self, model: Transformer, process: DiffusionProcess, tokenizer: Tokenizer,
+                 config: dict | None = None, precision: str = "fp32"):
+        if precision not in ("fp32", "bf16"):
+            raise UserError(f"precision must be fp32 or bf16, got {precision!r}")
+        self.model, self.process, self.tokenizer = model.eval(), process, tokenizer
+        self.config = config or {}
+        self.precision = precision
+
+    # ---- loading and saving ---------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = "auto",
+                        use_ema: bool = True, precision: str = "fp32") -> Pipeline:
+        """Load a folder written by `save_pretrained` or by training (EMA weights when present)."""
+        folder = ckpt.resolve_model_dir(path)
+        cfg = ckpt.read_config(folder)
+        tokenizer = load_tokenizer(folder)
+        try:
+            model_cfg = ModelConfig(**cfg["model"])
+            process_cfg = dict(cfg["process"])
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"{folder / ckpt.CONFIG_FILE} lacks a valid model or process section ({exc})") from exc
+        model = Transformer(model_cfg)
+        weights = folder / (ckpt.EMA_FILE if use_ema and (folder / ckpt.EMA_FILE).is_file() else ckpt.WEIGHTS_FILE)
+        state = ckpt.load_weights(weights)
+        try:
+            model.load_state_dict({k: v.float() for k, v in state.items()})
+        except RuntimeError as exc:
+            raise UserError(f"{weights} does not match the model in config.json: {exc}") from exc
+        process = build_process(process_cfg.pop("name"), vocab_size=tokenizer.vocab_size,
+                                mask_id=tokenizer.mask_id, **process_cfg)
+        return cls(model.to(_device(device)), process, tokenizer, cfg, precision)
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write config.json, model.safetensors (optionally cast, e.g. to bfloat16) and the tokenizer."""
+        cfg = {k: v for k, v in self.config.items() if k != "format"}
+        cfg["model"] = self.model.cfg.to_dict()
+        cfg["process"] = {"name": self.process.name, **self.process.config()}
+        cfg["tokenizer"] = self.tokenizer.kind
+        state = self.model.state_dict()
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.dtype.is_floating_point else v for k, v in state.items()}
+
+        def write(folder: Path) -> None:
+            ckpt.write_config(folder, cfg)
+            ckpt.save_weights(state, folder / ckpt.WEIGHTS_FILE)
+            self.tokenizer.save(folder)
+
+        ckpt.atomic_folder(Path(path), write)
+        return Path(path)
+
+    @property
+    def seq_len(self) -> int:
+        return self.model.cfg.seq_len
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ---- sampling -------------------------------------------------------------------------
+    def _run_sampler(self, x: torch.Tensor, sampler: str, seed: int | None, return_frames: bool,
+                     on_step: Callable[[Frame], None] | None, options: dict) -> tuple:
+        if sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        config_cls, fn = SAMPLERS[sampler]
+        known = {f.name for f in dataclasses.fields(config_cls)}
+        unknown = set(options) - known
+        if unknown:
+            raise UserError(f"sampler {sampler!r} has no option {', '.join(sorted(unknown))}; "
+                            f"its options are {', '.join(sorted(known))}")
+        cfg = config_cls(**{k: v for k, v in options.items() if v is not None})
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
+        start = time.perf_counter()
+        with self._autocast():
+            result = fn(self.model, self.process, x.to(self.device), cfg, generator=gen,
+                        record_frames=return_frames, on_step=on_step)
+        return result, time.perf_counter() - start
+
+    def generate(self, num_samples: int = 1, length: int | None = None, prompt: str | None = None,
+                 sampler: str = "ancestral", seed: int | None = None, return_frames: bool = False,
+                 on_step: Callable[[Frame], None] | None = None, **sampler_options) -> GenerationOutput:
+        """Sample `num_samples` texts of `length` tokens (default: the model's length).
+
+        `prompt` fixes the first tokens; sampler options (steps, temperature, top_p, cache, ...)
+        go to the sampler's config.
+        """
+        length = self.seq_len if length is None else length
+        if num_samples <= 0:
+            raise UserError(f"num_samples must be positive, got {num_samples}")
+        if not 0 < length <= self.seq_len:
+            raise UserError(f"length must be from 1 to the model's {self.seq_len} tokens, got {length}")
+        x = torch.full((num_samples, length), self.tokenizer.mask_id, dtype=torch.long)
+        if prompt is not None:
+            ids = self.tokenizer.encode(prompt)
+            if not ids:
+                raise UserError("the prompt is empty: give some text or leave the prompt out")
+            if len(ids) >= length:
+                raise UserError(f"the prompt is {len(ids)} tokens, which leaves no room in {length}: "
+                                "shorten it or raise --length (the model's maximum is {self.seq_len})")
+            x[:, : len(ids)] = torch.tensor(ids)
+        result, seconds = self._run_sampler(x, sampler, seed, return_frames, on_step, sampler_options)
+        ids = result.ids.cpu()
+        texts = [self.tokenizer.decode(row.tolist(), mask_char=None) for row in ids]
+        return GenerationOutput(texts, ids, result.nfe, seconds, result.frames)
+
+    def encode_gapped(self, text: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Token ids for `text` with [MASK] ids in its gaps, and each gap's (start, end) span.
+
+        BPE tokens carry their leading space, so with a non-byte tokenizer one space just before
+        a gap belongs to the gap ("The [MASK]x5 of" lets the gap's first token be " night").
+        """
+        parts = parse_gaps(text)
+        ids: list[int] = []
+        spans: list[tuple[int, int]] = []
+        for i, part in enumerate(parts):
+            if isinstance(part, int):
+                spans.append((len(ids), len(ids) + part))
+                ids.extend([self.tokenizer.mask_id] * part)
+                continue
+            before_gap = i + 1 < len(parts) and isinstance(parts[i + 1], int)
+            if before_gap and self.tokenizer.kind != "byte" and part.endswith(" "):
+                part = part[:-1]
+            ids.extend(self.tokenizer.encode(part))
+        if len(ids) > self.seq_len:
+            raise UserError(f"text and gaps come to {len(ids)} tokens, more than the model's {self.seq_len}: "
+                            "shorten the text or the gaps")
+        return torch.tensor(ids, dtype=torch.long), spans
+
+    def infill(self, text: str, num_samples: int = 1, sampler: str = "ancestral", seed: int | None = None,
+               return_frames: bool = False, on_step: Callable[[Frame], None] | None = None,
+               **sampler_options) -> GenerationOutput:
+        """Fill the [MASK] / [MASK]xN gaps of `text` using the context on both sides."""
+        if num_samples <= 0:
+            raise UserError(f"num_samples must be positive, got {num_samples}")
+        ids, spans = self.encode_gapped(text)
+        x = ids[None].repeat(num_samples, 1)
+        result, seconds = self._run_sampler(x, sampler, seed, return_frames, on_step, sampler_options)
+        out = result.ids.cpu()
+        texts = [self.tokenizer.decode(row.tolist(), mask_char=None) for row in out]
+        fills = [[self.tokenizer.decode(row[a:b].tolist(), mask_char=None) for a, b in spans] for row in out]
+        return GenerationOutput(texts, out, result.nfe, seconds, result.frames, fills)
+
+    # ---- likelihood -----------------------------------------------------------------------
+    def score(self, texts: str | Sequence[str], t_samples: int = 32, seed: int = 0) -> list[LikelihoodResult]:
+        """Upper bound on each text's negative log-likelihood per token (NELBO), Monte Carlo over t.
+
+        Texts longer than the model are scored in consecutive windows of its length.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        if t_samples <= 0:
+            raise UserError(f"t_samples must be positive, got {t_samples}")
+        results = []
+        for text in texts:
+            ids = self.tokenizer.encode(text)
+            if not ids:
+                raise UserError("cannot score an empty text")
+            windows = [ids[i : i + self.seq_len] for i in range(0, len(ids), self.seq_len)]
+            parts = []
+            for w in windows:
+                chunk = torch.tensor([w], dtype=torch.long)
+                with self._autocast():
+                    parts.append(nelbo(self.model, self.process, chunk, t_samples=t_samples, seed=seed))
+            total = sum(p.nats_per_token * p.n_tokens for p in parts)
+            var = sum((p.stderr * p.n_tokens) ** 2 for p in parts if p.stderr == p.stderr)
+            results.append(LikelihoodResult(total / len(ids), var**0.5 / len(ids), len(ids), t_samples))
+        return results
