@@ -1,0 +1,223 @@
+"""Exact (analytic) references for masked diffusion on a tiny vocabulary and a short length.
+
+The data distribution p_data is a known table over all n_values**length sequences, so everything
+a perfect model would know can be computed by enumeration:
+
+* `ExactDenoiser` -- a drop-in for the real denoiser whose logits are log p_data(x0_l = v | the
+  unmasked tokens of x_t): the true posterior, so the sampler and the NELBO can be checked against
+  the data distribution itself rather than against a trained (hence approximate) model.
+* `conditional_law` -- p_data(gap | fixed positions), what infilling must sample.
+* `sampler_law` -- the exact output law of the *factorised* ancestral sampler with that denoiser
+  for a given reveal-time distribution. Tokens revealed in the same step are drawn independently
+  from their marginals, so the sampler is exact only when no two tokens share a step; this law
+  accounts for that and says how far a finite number of steps is from p_data.
+* `tv_bound` -- a rigorous (Jensen + McDiarmid) upper bound on the total variation distance
+  between n i.i.d. draws' histogram and their law.
+
+Sequences are indexed in base n_values, most significant digit first (`seq_index`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def all_sequences(n_values: int, length: int) -> torch.Tensor:
+    """Every sequence over range(n_values) of `length`, [n_values**length, length], row k has index k."""
+    return torch.tensor(list(itertools.product(range(n_values), repeat=length)), dtype=torch.long)
+
+
+def seq_index(x: torch.Tensor, n_values: int) -> torch.Tensor:
+    """Index of each row of x ([..., L], values in range(n_values)) in `all_sequences`."""
+    powers = n_values ** torch.arange(x.shape[-1] - 1, -1, -1, device=x.device)
+    return (x.long() * powers).sum(-1)
+
+
+def random_distribution(n_values: int, length: int, seed: int, concentration: float = 1.0) -> torch.Tensor:
+    """A correlated, non-uniform distribution over all sequences: Dirichlet(concentration), float64."""
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.full(n_values**length, concentration))
+    return torch.tensor(p, dtype=torch.float64)
+
+
+def histogram(samples: torch.Tensor, n_values: int) -> torch.Tensor:
+    """Empirical distribution of the rows of `samples` over all sequences, float64."""
+    counts = torch.bincount(seq_index(samples, n_values), minlength=n_values ** samples.shape[-1])
+    return counts.double() / samples.shape[0]
+
+
+def tv(p: torch.Tensor, q: torch.Tensor) -> float:
+    return 0.5 * float((p.double() - q.double()).abs().sum())
+
+
+def tv_bound(law: torch.Tensor, n: int, delta: float = 1e-6) -> float:
+    """With probability >= 1 - delta, TV(histogram of n i.i.d. draws from `law`, law) is below this.
+
+    E|p_hat - p| <= sqrt(p(1-p)/n) (Jensen), and moving one draw changes the TV by at most 1/n, so
+    McDiarmid gives P(TV > E[TV] + eps) <= exp(-2 n eps^2).
+    """
+    law = law.double()
+    expected = 0.5 * float(torch.sqrt(law * (1 - law) / n).sum())
+    return expected + math.sqrt(math.log(1 / delta) / (2 * n))
+
+
+def chi2_statistic(counts: torch.Tensor, law: torch.Tensor, min_expected: float = 5.0) -> tuple[float, int]:
+    """Pearson's chi^2 of `counts` against `law` (cells expecting < min_expected pooled); (stat, dof)."""
+    counts, law = counts.double(), law.double()
+    expected = counts.sum() * law
+    small = expected < min_expected
+    obs = torch.cat([counts[~small], counts[small].sum()[None]]) if small.any() else counts
+    exp = torch.cat([expected[~small], expected[small].sum()[None]]) if small.any() else expected
+    keep = exp > 0
+    if bool((obs[~keep] > 0).any()):
+        return math.inf, int(keep.sum()) - 1
+    obs, exp = obs[keep], exp[keep]
+    return float(((obs - exp) ** 2 / exp).sum()), len(exp) - 1
+
+
+def chi2_quantile(dof: int, z: float = 5.0) -> float:
+    """Upper quantile of chi^2_dof at a standard-normal z (Wilson-Hilferty); z=5 is about 1 - 3e-7."""
+    h = 2.0 / (9.0 * dof)
+    return dof * (1 - h + z * math.sqrt(h)) ** 3
+
+
+# ---------------------------------------------------------------------------------------------
+# exact denoiser
+
+
+@dataclass
+class _Cfg:
+    time_conditioning: bool = False
+
+
+class ExactDenoiser(nn.Module):
+    """logits[b, l, v] = log p(x0_l = v | unmasked tokens of ids[b]) under a known table `probs`.
+
+    The vocabulary is range(n_values) plus [MASK] = n_values. Everything is precomputed for each of
+    the (n_values+1)**length possible inputs, so forward is a table lookup.
+
+    Options for deliberately wrong or adversarial denoisers:
+      context=False   ignore the unmasked tokens: every masked position gets its unconditional marginal
+      power           posterior p**power, renormalised (power != 1 is a distorted posterior)
+      mask_logit      logit given to [MASK] (-inf by default; a large value checks that callers forbid it)
+    At unmasked positions the logits point at a *different* token ((x+1) mod n_values): SUBS must
+    carry the input over, so a caller that trusts these logits there gets caught.
+    """
+
+    def __init__(self, probs: torch.Tensor, n_values: int, length: int, *, context: bool = True,
+                 power: float = 1.0, mask_logit: float = float("-inf"), time_conditioning: bool = False):
+        super().__init__()
+        self.n_values, self.length, self.mask_id, self.vocab_size = n_values, length, n_values, n_values + 1
+        self.cfg = _Cfg(time_conditioning=time_conditioning)
+        self.dummy = nn.Parameter(torch.zeros(()), requires_grad=False)  # so next(model.parameters()) works
+        probs = probs.double()
+        seqs = all_sequences(n_values, length)  # [K, L]
+        patterns = all_sequences(n_values + 1, length)  # [P, L]; digit n_values is [MASK]
+        masked = patterns == self.mask_id
+        agree = (masked[:, None, :] | (patterns[:, None, :] == seqs[None, :, :])).all(-1)  # [P, K]
+        if not context:
+            agree = torch.ones_like(agree)
+        weights = agree.double() * probs  # [P, K]
+        onehot = torch.nn.functional.one_hot(seqs, n_values).double()  # [K, L, V]
+        marg = torch.einsum("pk,klv->plv", weights, onehot)
+        marg = marg / marg.sum(-1, keepdim=True)
+        logp = torch.log(marg) * power
+        logp = logp - torch.logsumexp(logp, -1, keepdim=True)
+        wrong = torch.nn.functional.one_hot((patterns + 1) % n_values, n_values).double() * 30.0
+        logits = torch.where(masked[..., None], logp, wrong)
+        logits = torch.cat([logits, torch.full(logits.shape[:-1] + (1,), mask_logit, dtype=torch.float64)], -1)
+        self.register_buffer("table", logits.float(), persistent=False)  # [P, L, V+1]
+
+    def forward(self, ids: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        return self.table[seq_index(ids, self.n_values + 1)]  # advanced indexing: a fresh tensor
+
+
+# ---------------------------------------------------------------------------------------------
+# exact laws
+
+
+def marginal_masses(probs: torch.Tensor, seqs: torch.Tensor) -> torch.Tensor:
+    """M[S, k] = p_data(x_S = seqs[k]_S) for every subset S of positions (bit l of S = position l)."""
+    length = seqs.shape[1]
+    out = torch.empty(2**length, len(seqs), dtype=torch.float64)
+    for s in range(2**length):
+        pos = [l for l in range(length) if s >> l & 1]
+        agree = (seqs[:, None, pos] == seqs[None, :, pos]).all(-1).double()  # [K, K]
+        out[s] = agree @ probs.double()
+    return out
+
+
+def _bits(positions: Sequence[int]) -> int:
+    return sum(1 << l for l in positions)
+
+
+def conditional_law(probs: torch.Tensor, seqs: torch.Tensor, fixed: Sequence[int]) -> torch.Tensor:
+    """law[k] = p_data(x_gap = seqs[k]_gap | x_fixed = seqs[k]_fixed): for each context, a law over gaps."""
+    return probs.double() / marginal_masses(probs, seqs)[_bits(fixed)]
+
+
+def ordered_partitions(items: Sequence[int]) -> Iterator[list[tuple[int, ...]]]:
+    """Every ordered set partition (sequence of non-empty disjoint blocks covering items)."""
+    items = tuple(items)
+    if not items:
+        yield []
+        return
+    for size in range(1, len(items) + 1):
+        for block in itertools.combinations(items, size):
+            rest = [i for i in items if i not in block]
+            for tail in ordered_partitions(rest):
+                yield [block, *tail]
+
+
+def reveal_probs(alpha, steps: int) -> torch.Tensor:
+    """P(a masked token is revealed at step k), k < steps, for ancestral sampling on a uniform grid.
+
+    With keep-probability alpha(t) and t_k = 1 - k/steps, a token still masked at t_k is revealed
+    by t_{k+1} with probability (alpha_{k+1} - alpha_k)/(1 - alpha_k), so the reveal time has
+    P(k) = (alpha_{k+1} - alpha_k)/(1 - alpha_0); the last step reveals everything (alpha_steps := 1).
+    """
+    ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    a = alpha(ts).double()
+    a[-1] = 1.0
+    return (a[1:] - a[:-1]) / (1 - a[0])
+
+
+def _partition_prob(sizes: Sequence[int], q: torch.Tensor) -> float:
+    """P(the blocks are revealed at strictly increasing steps, all of a block at one step)."""
+    f = q ** sizes[0]
+    for s in sizes[1:]:
+        before = torch.cat([torch.zeros(1, dtype=f.dtype), torch.cumsum(f, 0)[:-1]])
+        f = before * q**s
+    return float(f.sum())
+
+
+def sampler_law(probs: torch.Tensor, seqs: torch.Tensor, q: torch.Tensor, fixed: Sequence[int] = ()) -> torch.Tensor:
+    """Exact output law of the factorised ancestral sampler with the exact denoiser.
+
+    Each gap position's reveal step is i.i.d. with law q; positions revealed together are drawn
+    independently from p_data(x_l | everything revealed before). law[k] = P(x_gap = seqs[k]_gap |
+    x_fixed = seqs[k]_fixed). As q spreads over many steps it tends to `conditional_law`.
+    """
+    length = seqs.shape[1]
+    m = marginal_masses(probs, seqs)
+    gap = [l for l in range(length) if l not in set(fixed)]
+    law = torch.zeros(len(seqs), dtype=torch.float64)
+    for blocks in ordered_partitions(gap):
+        weight = _partition_prob([len(b) for b in blocks], q)
+        if weight == 0:
+            continue
+        known = _bits(fixed)
+        term = torch.ones(len(seqs), dtype=torch.float64)
+        for block in blocks:
+            for l in block:
+                term = term * m[known | 1 << l] / m[known]
+            known |= _bits(block)
+        law += weight * term
+    return law
