@@ -91,13 +91,18 @@ def cmd_score(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .train.config import load_config
+    from .train.config import load_config, load_run_config
     from .train.trainer import train
 
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"run.out_dir={args.out}")
-    cfg = load_config(args.config, overrides)
+    if args.resume and args.config is None:  # continue with the run's own saved config
+        if not args.out:
+            raise UserError("--resume needs --out RUN_FOLDER (or --config) to know which run to continue")
+        cfg = load_run_config(args.out, overrides)
+    else:
+        cfg = load_config(args.config or "tiny", overrides)
     folder = train(cfg, resume=args.resume)
     print(f"checkpoint: {folder}")
 
@@ -138,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a model from a preset or YAML config")
-    p.add_argument("--config", default="tiny", help="preset name (see `presets`) or a YAML file")
+    p.add_argument("--config", default=None,
+                   help="preset name (see `presets`) or a YAML file; default tiny, or the run's own with --resume")
     p.add_argument("--out", default=None, help="run folder (overrides run.out_dir)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=500 data.source=my.txt")

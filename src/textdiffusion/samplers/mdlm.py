@@ -4,8 +4,9 @@ From t to s < t, each masked token is unmasked with probability (alpha_s - alpha
 taking a value drawn from p_theta(x0 | x_t); unmasked tokens never change (SUBS). Fixed tokens of
 an infilling prompt are simply unmasked from the start, so they are never resampled.
 
-Caching: when no token was unmasked in a step, x_t did not change, so a denoiser that does not
-look at t would return the same distribution: reuse it instead of calling the model again.
+Caching: when no token of a sequence was unmasked in a step, that x_t did not change, so a
+denoiser that does not look at t would return the same distribution: reuse it instead of calling
+the model again. This is done per sequence, so a batch only recomputes the rows that changed.
 """
 
 from __future__ import annotations
@@ -51,22 +52,33 @@ def ancestral_sample(model: nn.Module, process: MaskedDiffusion, x: torch.Tensor
             on_step(frame)
 
     emit(0, 1.0)
-    logp, nfe = None, 0
+    batch = x.shape[0]
+    logits: torch.Tensor | None = None  # the denoiser's last output for every row, [B, L, V]
+    stale = torch.ones(batch, dtype=torch.bool, device=x.device)  # rows changed since their last pass
+    nfe = 0
     for k in range(cfg.steps):
         masked = x == mask_id
-        if not masked.any():
-            break
-        if logp is None or not use_cache:
-            t_batch = torch.full((x.shape[0],), float(ts[k]), device=x.device)
-            logits = model(x, t_batch).float()
-            logits[..., mask_id] = float("-inf")
-            logp = select_from_logits(logits, cfg.temperature, cfg.top_p)
+        if not masked.any():  # finished early: nothing left to reveal, no forward pass needed
+            emit(k + 1, float(ts[k + 1]))
+            continue
+        # Rows with nothing left to reveal never need the model again; with the cache, neither do
+        # rows that did not change since their last forward pass.
+        need = masked.any(dim=1) & (stale if use_cache else torch.ones_like(stale))
+        if need.any():
+            t_rows = torch.full((int(need.sum()),), float(ts[k]), device=x.device)
+            out = model(x[need], t_rows).float()
+            if logits is None:
+                logits = torch.empty((batch, *out.shape[1:]), dtype=out.dtype, device=x.device)
+            logits[need] = out
+            stale &= ~need
             nfe += 1
         p_unmask = float((alphas[k + 1] - alphas[k]) / (1 - alphas[k]))
         u = torch.rand(x.shape, dtype=torch.float64, device=x.device, generator=generator)
         unmask = masked & (u < p_unmask)
         if unmask.any():
-            x[unmask] = sample_categorical(logp[unmask], generator)
-            logp = None  # x_t changed: the cached distribution is stale
+            chosen = logits[unmask]
+            chosen[:, mask_id] = float("-inf")
+            x[unmask] = sample_categorical(select_from_logits(chosen, cfg.temperature, cfg.top_p), generator)
+            stale |= unmask.any(dim=1)
         emit(k + 1, float(ts[k + 1]))
     return SampleResult(ids=x, nfe=nfe, frames=frames)

@@ -41,8 +41,12 @@ def atomic_folder(final: Path, write) -> None:
     old = final.parent / f".{final.name}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    write(tmp)
-    _fsync_tree(tmp)
+    try:
+        write(tmp)
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
@@ -64,10 +68,10 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 def read_config(folder: Path) -> dict:
     try:
-        cfg = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        cfg = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError covers bad JSON and bad UTF-8
         raise UserError(f"{folder / CONFIG_FILE} is unreadable or corrupt ({exc}): restore or re-train it") from exc
-    if cfg.get("format") != FORMAT:
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise UserError(f"{folder / CONFIG_FILE} is not a textdiffusion model config")
     return cfg
 

@@ -123,6 +123,20 @@ def presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
+def load_run_config(out_dir: str | Path, overrides: list[str] | None = None) -> Config:
+    """The config a run folder's checkpoint was trained with, then overrides."""
+    import json
+
+    path = Path(out_dir) / "checkpoint" / "config.json"
+    if not path.is_file():
+        raise UserError(f"nothing to resume in {out_dir}: it has no checkpoint/config.json")
+    try:
+        raw = json.loads(path.read_text())["train_config"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise UserError(f"{path} is corrupt or not a training checkpoint ({exc})") from exc
+    return _apply_overrides(Config.from_dict(raw), overrides)
+
+
 def load_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> Config:
     """A preset name or a YAML path, then `section.key=value` overrides (values parsed as YAML)."""
     raw: dict = {}
@@ -136,7 +150,10 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise UserError(f"{path} is not valid YAML: {exc}") from exc
-    cfg = Config.from_dict(raw)
+    return _apply_overrides(Config.from_dict(raw), overrides)
+
+
+def _apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
     for item in overrides or []:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")

@@ -2,7 +2,7 @@
 
 Every rank draws the same global batch and the same noise (data cursor and generator are
 shared), then takes its own slice, so a 2-process run takes the same steps as a 1-process run
-with the same global batch. Checkpoints hold everything needed to resume exactly.
+with the same global batch (with dropout 0: dropout masks come from each process's own RNG). Checkpoints hold everything needed to resume exactly.
 """
 
 from __future__ import annotations
@@ -58,7 +58,14 @@ def _limited_texts(cfg: Config):
 def prepare_tokenizer(cfg: Config, out_dir: Path, info: DistInfo) -> Tokenizer:
     """Rank 0 builds (and for bpe, trains) the tokenizer and saves it; the others load that copy."""
     tok_dir = out_dir / "tokenizer"
-    if info.is_main and not (tok_dir / "tokenizer_meta.json").is_file():
+    meta = tok_dir / "tokenizer_meta.json"
+    if meta.is_file():
+        kind = json.loads(meta.read_text())["kind"]
+        wanted = cfg.data.tokenizer if cfg.data.tokenizer in ("byte", "bpe", "gpt2") else "hf"
+        if kind != wanted:
+            raise UserError(f"{out_dir} already holds a {kind!r} tokenizer but the config asks for "
+                            f"{cfg.data.tokenizer!r}: choose another --out")
+    if info.is_main and not meta.is_file():
         needs_text = cfg.data.tokenizer == "bpe"
         tok = build_tokenizer(cfg.data.tokenizer, _limited_texts(cfg) if needs_text else None,
                               cfg.data.vocab_size)
@@ -101,6 +108,9 @@ class Trainer:
         self.out_dir = Path(cfg.run.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoint"
         self._check_batch()
+        if not resume and (self.ckpt_dir / ckpt.CONFIG_FILE).is_file():
+            raise UserError(f"{self.out_dir} already holds a checkpoint: pass --resume to continue it, "
+                            "or choose another --out")
         torch.manual_seed(cfg.train.seed)
         self.tok = prepare_tokenizer(cfg, self.out_dir, self.info)
         self.model_cfg = model_config(cfg, self.tok)
@@ -111,7 +121,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay, (t.beta1, t.beta2))
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.batches = make_batches(cfg, self.tok)
-        self.val = validation_chunks(cfg, self.tok, cfg.run.eval_batches * self.micro_batch)
+        # a fixed number of validation chunks, whatever the process count or micro-batch
+        self.val = validation_chunks(cfg, self.tok, cfg.run.eval_batches * t.batch_size)
         self.noise_gen = torch.Generator().manual_seed(t.seed)
         self.step, self.tokens_seen, self.elapsed = 0, 0, 0.0
         if resume:
@@ -254,6 +265,7 @@ class Trainer:
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "elapsed": self.elapsed,
                  "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
                  "noise_gen": self.noise_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
                  "ema": None if self.ema is None else {"decay": self.ema.decay, "updates": self.ema.updates}}
 
         def write(folder: Path) -> None:
@@ -268,9 +280,11 @@ class Trainer:
         barrier(self.info)
 
     def _load_state(self) -> None:
-        folder = ckpt.resolve_model_dir(self.ckpt_dir) if self.ckpt_dir.parent.exists() else None
-        if folder is None:
-            raise UserError(f"nothing to resume in {self.out_dir}: no checkpoint there yet")
+        old = self.out_dir / f".{self.ckpt_dir.name}.old"
+        if not any((d / ckpt.CONFIG_FILE).is_file() for d in (self.ckpt_dir, old)):
+            raise UserError(f"nothing to resume in {self.out_dir}: no checkpoint there yet "
+                            "(start the run without --resume)")
+        folder = ckpt.resolve_model_dir(self.ckpt_dir)
         saved = ckpt.read_config(folder)
         if saved["model"] != self.model_cfg.to_dict():
             raise UserError("the checkpoint's model shape differs from this config: resume with the "
@@ -279,10 +293,13 @@ class Trainer:
         self.model.load_state_dict(ckpt.load_weights(folder / ckpt.WEIGHTS_FILE))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict({**state["ema"], "shadow": ckpt.load_weights(folder / ckpt.EMA_FILE)})
+            shadow = {k: v.to(self.device) for k, v in ckpt.load_weights(folder / ckpt.EMA_FILE).items()}
+            self.ema.load_state_dict({**state["ema"], "shadow": shadow})
         self.batches.load_state_dict(state["data"])
         self.noise_gen.set_state(state["noise_gen"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.step, self.tokens_seen, self.elapsed = state["step"], state["tokens_seen"], state["elapsed"]
 
 

