@@ -201,8 +201,9 @@ def test_one_step_reveals_independent_marginals(exact):
     ("loglinear", 4, {}),
     ("cosine", 4, {}),
     ("cosine", 12, {}),
+    ("linear", 8, {}),
     ("loglinear", 2, {0: 2, 3: 1}),
-])
+], ids=["loglinear-4", "cosine-4", "cosine-12", "linear-8", "loglinear-2-infill"])
 def test_few_steps_follow_the_exact_sampler_law(exact, schedule, steps, fixed):
     """Few steps: samples follow the exact law of the factorised sampler under this schedule, and the
     masked fraction after each step is (1 - alpha(t_k)) / (1 - alpha(1)). Guards the unmask probability."""
@@ -270,23 +271,38 @@ def test_sampler_and_nelbo_ignore_mask_logit_and_carry_unmasked_tokens(exact):
 def _nelbo_mc(model, proc: MaskedDiffusion, x0: torch.Tensor, batches: int, batch: int, seed: int):
     """Mean and standard error of the NELBO of one sequence x0 ([L]).
 
-    t is stratified across a batch, so single rows are not i.i.d.; each batch mean is, so the
-    standard error is taken across batch means."""
+    Noise is drawn by `batches` calls of sample_noise on `batch` copies of x0, as a trainer would.
+    t is stratified across a batch, so single rows are not i.i.d. (and each row alone is biased);
+    batch means are i.i.d. and unbiased, so the standard error is taken across them."""
+    # loglinear's 1/t weight makes single rows heavy-tailed (variance ~ log(1/t_min)): use many rows
     gen = torch.Generator().manual_seed(seed)
     xs = x0.repeat(batch, 1)
-    means = torch.stack([proc.nelbo_per_sequence(model, xs, proc.sample_noise(xs, gen)).double().mean()
-                         for _ in range(batches)])
+    draws = [proc.sample_noise(xs, gen) for _ in range(batches)]
+    noise = {key: torch.cat([d[key] for d in draws]) for key in draws[0]}
+    values = proc.nelbo_per_sequence(model, x0.repeat(batch * batches, 1), noise).double()
+    means = values.view(batches, batch).mean(1)
     return float(means.mean()), float(means.std() / math.sqrt(batches))
 
 
-@pytest.mark.parametrize("schedule", ["loglinear", "cosine"])
-def test_nelbo_equals_nll_for_the_exact_denoiser(exact, schedule):
+@pytest.mark.parametrize("schedule,batches,batch", [
+    ("loglinear", 100, 4096),
+    ("cosine", 100, 4096),
+    ("linear", 100, 4096),
+    ("loglinear", 20_000, 3),
+    ("cosine", 20_000, 3),
+], ids=["loglinear", "cosine", "linear", "loglinear-batch3", "cosine-batch3"])
+def test_nelbo_equals_nll_for_the_exact_denoiser(exact, schedule, batches, batch):
+    """For the true posterior the continuous-time bound is tight: E[NELBO(x0)] = -log p_data(x0).
+
+    t_min = 1e-6 makes the truncation bias negligible (for "linear", alpha(0) = exp(-1e-4) leaves
+    a reconstruction gap of order 1e-4 nats, far below the error bar). The batch-of-3 cases check
+    that the stratified t of sample_noise is unbiased for every batch size, not just large ones."""
     proc = _process(schedule, t_min=1e-6)
     order = P_DATA.argsort()
     for k in (int(order[-1]), int(order[40]), int(order[0])):  # most likely, median, rarest (p = 5e-4)
         nll = float(-P_DATA[k].log())
-        mean, se = _nelbo_mc(exact, proc, SEQS[k], batches=100, batch=4096, seed=k)
-        assert se < 0.05
+        mean, se = _nelbo_mc(exact, proc, SEQS[k], batches=batches, batch=batch, seed=k)
+        assert se < 0.2
         where = f"{schedule} x0={SEQS[k].tolist()}"
         assert abs(mean - nll) < Z * se, f"{where}: NELBO {mean:.4f} +- {se:.4f} vs NLL {nll:.4f}"
 
@@ -300,7 +316,7 @@ def test_nelbo_is_strictly_larger_for_a_wrong_denoiser(exact, schedule):
     wrong = ExactDenoiser(P_DATA, N_VALUES, LENGTH, context=False)
     results = {}
     for name, model in (("exact", exact), ("context-free", wrong)):
-        stats = torch.tensor([_nelbo_mc(model, proc, SEQS[k], batches=6, batch=1024, seed=100 + k)
+        stats = torch.tensor([_nelbo_mc(model, proc, SEQS[k], batches=10, batch=1024, seed=100 + k)
                               for k in range(len(SEQS))], dtype=torch.float64)
         mean = float((P_DATA * stats[:, 0]).sum())
         se = float(torch.sqrt((P_DATA**2 * stats[:, 1] ** 2).sum()))
@@ -309,7 +325,7 @@ def test_nelbo_is_strictly_larger_for_a_wrong_denoiser(exact, schedule):
     (m_exact, se_exact), (m_wrong, se_wrong) = results["exact"], results["context-free"]
     assert abs(m_exact - ENTROPY) < Z * se_exact, f"exact: {m_exact:.4f} +- {se_exact:.4f} vs H {ENTROPY:.4f}"
     assert abs(m_wrong - cross) < Z * se_wrong + 1e-6, f"context-free: {m_wrong:.4f} vs {cross:.4f}"
-    assert m_wrong - ENTROPY > 10 * math.hypot(se_exact, se_wrong)
+    assert m_wrong - ENTROPY > Z * math.hypot(se_exact, se_wrong)  # 0.34 nats vs about 0.05
 
 
 def test_likelihood_eval_reports_nll_per_token(exact):

@@ -4,7 +4,9 @@ import torch
 from textdiffusion.cli import main
 from textdiffusion.errors import UserError
 from textdiffusion.infill import parse_gaps
+from textdiffusion.models import ModelConfig, Transformer
 from textdiffusion.pipeline import Pipeline
+from textdiffusion.processes import MaskedDiffusion
 
 
 def test_generate_shapes_prompt_and_frames(tiny_pipeline):
@@ -133,3 +135,20 @@ def test_cli_sample_infill_score_run(tiny_pipeline, tmp_path, capsys):
     assert "--- fill 1:" in capsys.readouterr().out
     assert main(["score", "--model", model, "hello"]) == 0
     assert "nats/token" in capsys.readouterr().out
+
+
+def test_cli_demo_and_filmstrip_export(byte_tok, tmp_path, capsys):
+    torch.manual_seed(0)
+    net = Transformer(ModelConfig(vocab_size=byte_tok.vocab_size, seq_len=96, d_model=32, n_layers=1, n_heads=2))
+    pipe = Pipeline(net, MaskedDiffusion(vocab_size=byte_tok.vocab_size, mask_id=byte_tok.mask_id), byte_tok)
+    model = str(pipe.save_pretrained(tmp_path / "m"))
+    assert main(["demo", "--model", model, "--steps", "6", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--- sample") == 3 and "== infill" in out and "== filmstrip" in out
+    assert "step 0/6" in out and "step 6/6" in out and "▒" in out
+    html = tmp_path / "film.html"
+    assert main(["sample", "--model", model, "--steps", "5", "--length", "12", "--filmstrip", "3",
+                 "--export", str(html)]) == 0
+    assert "step 5/5" in capsys.readouterr().out
+    assert html.is_file() and "<html" in html.read_text().lower()
+    assert main(["sample", "--model", model, "--steps", "5", "--export", str(tmp_path / "film.pdf")]) == 2

@@ -2,7 +2,8 @@
 
 Every rank draws the same global batch and the same noise (data cursor and generator are
 shared), then takes its own slice, so a 2-process run takes the same steps as a 1-process run
-with the same global batch (with dropout 0: dropout masks come from each process's own RNG). Checkpoints hold everything needed to resume exactly.
+with the same global batch (with dropout 0: dropout masks come from each process's own RNG).
+Checkpoints hold everything needed to resume exactly.
 """
 
 from __future__ import annotations
