@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from textdiffusion.bench.report import cpu_model
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -25,16 +27,6 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 MD_HEADER = ("# Benchmarks\n\nSpeed measurements written by the scripts in `benchmarks/` (see benchmarks/README.md).\n"
              "Each section gives the exact command, the machine and the UTC date; raw numbers are in "
              "`benchmarks/results/`.\n")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def cpu_bf16_isa() -> str:

@@ -23,36 +23,25 @@ import pytest
 import torch
 from analytic import (
     ExactDenoiser,
-    all_sequences,
-    chi2_quantile,
-    chi2_statistic,
     conditional_law,
     histogram,
-    marginal_masses,
-    random_distribution,
     reveal_probs,
     sampler_law,
     seq_index,
     tv,
     tv_bound,
 )
+from tiny_exact import MASK, N_VALUES, VOCAB, Z, assert_matches, assert_valid, masked_start, tiny_data
 
 from textdiffusion.eval.likelihood import nelbo
 from textdiffusion.processes.masked import MaskedDiffusion
-from textdiffusion.samplers.base import sample_categorical, select_from_logits
 from textdiffusion.samplers.mdlm import AncestralConfig, ancestral_sample
 from textdiffusion.schedules import get_schedule
 
-N_VALUES, LENGTH = 3, 4
-MASK = N_VALUES
-VOCAB = N_VALUES + 1
-SEQS = all_sequences(N_VALUES, LENGTH)  # [81, 4]
-P_DATA = random_distribution(N_VALUES, LENGTH, seed=2, concentration=1.0)  # min p = 5.4e-4
-MASSES = marginal_masses(P_DATA, SEQS)
-PRODUCT = torch.stack([MASSES[1 << l] for l in range(LENGTH)]).prod(0)  # product of the 4 marginals
-ENTROPY = float(-(P_DATA * P_DATA.log()).sum())
+LENGTH = 4
+# SEQS [81, 4]; min p_data = 5.4e-4; PRODUCT: the product of the 4 marginals
+SEQS, P_DATA, MASSES, PRODUCT, ENTROPY = tiny_data(LENGTH)
 MANY_STEPS = 256  # P(two of 4 tokens revealed in one step) = 2.3%; residual TV(law, p_data) = 0.002
-Z = 4.5  # standard errors allowed for a Monte Carlo mean
 
 
 @pytest.fixture(scope="module")
@@ -64,37 +53,25 @@ def _process(schedule: str = "loglinear", t_min: float = 1e-3) -> MaskedDiffusio
     return MaskedDiffusion(vocab_size=VOCAB, mask_id=MASK, schedule=schedule, t_min=t_min)
 
 
-def _start(n: int, fixed: dict[int, int] | None = None) -> torch.Tensor:
-    x = torch.full((n, LENGTH), MASK, dtype=torch.long)
-    for pos, tok in (fixed or {}).items():
-        x[:, pos] = tok
-    return x
-
-
-def _sample(model, n: int, steps: int, seed: int, *, schedule: str = "loglinear", fixed=None, cache: bool = True,
-            temperature: float = 1.0, on_step=None):
+def _sample(
+    model,
+    n: int,
+    steps: int,
+    seed: int,
+    *,
+    schedule: str = "loglinear",
+    fixed=None,
+    cache: bool = True,
+    temperature: float = 1.0,
+    on_step=None,
+):
     cfg = AncestralConfig(steps=steps, temperature=temperature, cache=cache)
     gen = torch.Generator().manual_seed(seed)
-    return ancestral_sample(model, _process(schedule), _start(n, fixed), cfg, gen, on_step=on_step)
+    return ancestral_sample(model, _process(schedule), masked_start(n, LENGTH, fixed), cfg, gen, on_step=on_step)
 
 
 def _law(steps: int, schedule: str = "loglinear", fixed=()) -> torch.Tensor:
     return sampler_law(P_DATA, SEQS, reveal_probs(get_schedule(schedule).alpha, steps), fixed)
-
-
-def _assert_valid(ids: torch.Tensor) -> None:
-    assert ids.shape[1] == LENGTH
-    assert bool(((ids >= 0) & (ids < N_VALUES)).all()), "a [MASK] (or out-of-range token) survived sampling"
-
-
-def _assert_matches(ids: torch.Tensor, law: torch.Tensor, what: str) -> float:
-    """The histogram of ids is a plausible n-sample histogram of `law` (TV bound and chi^2 test)."""
-    emp = histogram(ids, N_VALUES)
-    dist, bound = tv(emp, law), tv_bound(law, len(ids))
-    assert dist < bound, f"{what}: TV(samples, law) = {dist:.4f} >= bound {bound:.4f}"
-    stat, dof = chi2_statistic(emp * len(ids), law)
-    assert stat < chi2_quantile(dof), f"{what}: chi^2 = {stat:.1f} on {dof} dof (limit {chi2_quantile(dof):.1f})"
-    return dist
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,8 +98,9 @@ def test_exact_denoiser_is_the_true_posterior(exact):
             got = torch.softmax(logits[b, l].double(), -1)[:N_VALUES]
             torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     # with everything masked, the posterior at position l is p_data's marginal at l
-    marginals = torch.stack([torch.stack([P_DATA[SEQS[:, l] == v].sum() for v in range(N_VALUES)])
-                             for l in range(LENGTH)])
+    marginals = torch.stack(
+        [torch.stack([P_DATA[SEQS[:, l] == v].sum() for v in range(N_VALUES)]) for l in range(LENGTH)]
+    )
     torch.testing.assert_close(torch.softmax(logits[0].double(), -1)[:, :N_VALUES], marginals, atol=1e-6, rtol=1e-5)
 
 
@@ -135,13 +113,18 @@ def test_sampler_law_reference():
             assert abs(float(q.sum()) - 1) < 1e-12 and bool((q >= 0).all())
             assert abs(float(_law(steps, schedule).sum()) - 1) < 1e-9
     # loglinear on a uniform grid: each token's reveal step is uniform over the steps
-    torch.testing.assert_close(reveal_probs(get_schedule("loglinear").alpha, 10), torch.full((10,), 0.1,
-                                                                                             dtype=torch.float64))
+    torch.testing.assert_close(
+        reveal_probs(get_schedule("loglinear").alpha, 10), torch.full((10,), 0.1, dtype=torch.float64)
+    )
     assert tv(_law(MANY_STEPS), P_DATA) < 0.003
     assert tv(_law(1), P_DATA) > 0.3  # the correlation the factorised one-step sampler destroys
     cond = conditional_law(P_DATA, SEQS, (0, 3))
     ctx = (SEQS[:, 0] == 2) & (SEQS[:, 3] == 1)
     assert abs(float(cond[ctx].sum()) - 1) < 1e-12
+
+
+def test_seq_index_round_trip():
+    assert torch.equal(seq_index(SEQS, N_VALUES), torch.arange(len(SEQS)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,10 +139,10 @@ def many_step_samples(exact):
 def test_sampler_reproduces_data_distribution(many_step_samples):
     """40k samples, 256 steps: TV(samples, p_data) within the n-sample bound plus the exact residual."""
     ids = many_step_samples.ids
-    _assert_valid(ids)
+    assert_valid(ids, LENGTH)
     law = _law(MANY_STEPS)
     residual = tv(law, P_DATA)  # same-step reveals: 0.0020
-    _assert_matches(ids, law, "exact denoiser, 256 steps")
+    assert_matches(ids, law, "exact denoiser, 256 steps")
     dist, limit = tv(histogram(ids, N_VALUES), P_DATA), tv_bound(law, len(ids)) + residual
     assert dist < limit, f"TV(samples, p_data) = {dist:.4f} >= {limit:.4f}"
     # the test has power: a sampler drawing the product of marginals would sit at TV >= 0.33 - bound
@@ -176,50 +159,64 @@ def test_cache_does_not_change_samples(exact, many_step_samples):
 @pytest.mark.parametrize("wrong", ["context-free", "sharpened"])
 def test_sampler_with_wrong_posterior_fails_the_check(wrong):
     """The same check rejects a denoiser that ignores the context, or whose posterior is p**1.5."""
-    model = ExactDenoiser(P_DATA, N_VALUES, LENGTH, context=False) if wrong == "context-free" \
+    model = (
+        ExactDenoiser(P_DATA, N_VALUES, LENGTH, context=False)
+        if wrong == "context-free"
         else ExactDenoiser(P_DATA, N_VALUES, LENGTH, power=1.5)
+    )
     n = 20_000
     ids = _sample(model, n, MANY_STEPS, seed=2).ids
-    _assert_valid(ids)
+    assert_valid(ids, LENGTH)
     law = _law(MANY_STEPS)
     limit = tv_bound(law, n) + tv(law, P_DATA)  # what the correct sampler must stay under
     dist = tv(histogram(ids, N_VALUES), P_DATA)
     assert dist > 2 * limit, f"{wrong}: TV(samples, p_data) = {dist:.4f} not clearly above {limit:.4f}"
     if wrong == "context-free":  # and it samples exactly what it should: independent marginals
-        _assert_matches(ids, PRODUCT, "context-free denoiser")
+        assert_matches(ids, PRODUCT, "context-free denoiser")
 
 
 def test_one_step_reveals_independent_marginals(exact):
     """steps=1 reveals all tokens at once from their marginals: the product law, far from p_data."""
     ids = _sample(exact, 40_000, 1, seed=3).ids
-    _assert_valid(ids)
-    _assert_matches(ids, PRODUCT, "one step")
+    assert_valid(ids, LENGTH)
+    assert_matches(ids, PRODUCT, "one step")
     assert tv(histogram(ids, N_VALUES), P_DATA) > 0.25  # exact value 0.328
 
 
-@pytest.mark.parametrize("schedule,steps,fixed", [
-    ("loglinear", 4, {}),
-    ("cosine", 4, {}),
-    ("cosine", 12, {}),
-    ("linear", 8, {}),
-    ("loglinear", 2, {0: 2, 3: 1}),
-], ids=["loglinear-4", "cosine-4", "cosine-12", "linear-8", "loglinear-2-infill"])
+@pytest.mark.parametrize(
+    "schedule,steps,fixed",
+    [
+        ("loglinear", 4, {}),
+        ("cosine", 4, {}),
+        ("cosine", 12, {}),
+        ("linear", 8, {}),
+        ("loglinear", 2, {0: 2, 3: 1}),
+    ],
+    ids=["loglinear-4", "cosine-4", "cosine-12", "linear-8", "loglinear-2-infill"],
+)
 def test_few_steps_follow_the_exact_sampler_law(exact, schedule, steps, fixed):
     """Few steps: samples follow the exact law of the factorised sampler under this schedule, and the
     masked fraction after each step is (1 - alpha(t_k)) / (1 - alpha(1)). Guards the unmask probability."""
     n = 40_000
     gap = [l for l in range(LENGTH) if l not in fixed]
     masked_after: list[tuple[float, int]] = []
-    res = _sample(exact, n, steps, seed=4, schedule=schedule, fixed=fixed,
-                  on_step=lambda f: masked_after.append((f.t, int((f.ids == MASK).sum()))))
+    res = _sample(
+        exact,
+        n,
+        steps,
+        seed=4,
+        schedule=schedule,
+        fixed=fixed,
+        on_step=lambda f: masked_after.append((f.t, int((f.ids == MASK).sum()))),
+    )
     ids = res.ids
-    _assert_valid(ids)
+    assert_valid(ids, LENGTH)
     law = _law(steps, schedule, tuple(fixed))
     if fixed:
         assert bool((ids[:, list(fixed)] == torch.tensor(list(fixed.values()))).all())
         ctx = (SEQS[:, list(fixed)] == torch.tensor(list(fixed.values()))).all(1)
         law = law * ctx
-    _assert_matches(ids, law, f"{schedule}, {steps} steps")
+    assert_matches(ids, law, f"{schedule}, {steps} steps")
     alpha = get_schedule(schedule).alpha
     a1 = float(alpha(torch.tensor(1.0, dtype=torch.float64)))
     tokens = n * len(gap)
@@ -233,7 +230,7 @@ def test_cache_reuse_and_nfe(exact):
     """Batch of one: the cache calls the denoiser once per distinct x_t (<= L times), never stale."""
     for seed in range(20):
         reveals: list[int] = []
-        prev = [_start(1)]
+        prev = [masked_start(1, LENGTH)]
 
         def record(frame, reveals=reveals, prev=prev):
             if not torch.equal(frame.ids, prev[0]):
@@ -254,12 +251,12 @@ def test_sampler_and_nelbo_ignore_mask_logit_and_carry_unmasked_tokens(exact):
     loud = ExactDenoiser(P_DATA, N_VALUES, LENGTH, mask_logit=50.0)
     a, b = _sample(exact, 2000, 32, seed=5), _sample(loud, 2000, 32, seed=5)
     assert torch.equal(a.ids, b.ids)
-    _assert_valid(b.ids)
+    assert_valid(b.ids, LENGTH)
     proc = _process()
     x0 = SEQS.repeat(8, 1)
     noise = proc.sample_noise(x0, torch.Generator().manual_seed(0))
     torch.testing.assert_close(proc.nelbo_per_sequence(loud, x0, noise), proc.nelbo_per_sequence(exact, x0, noise))
-    logp = proc.log_probs(loud, _start(1, {1: 0, 2: 2}), torch.ones(1))
+    logp = proc.log_probs(loud, masked_start(1, LENGTH, {1: 0, 2: 2}), torch.ones(1))
     assert float(logp[0, 1, 0]) == 0.0 and float(logp[0, 2, 2]) == 0.0
     assert bool(torch.isneginf(logp[..., MASK]).all())
 
@@ -284,13 +281,17 @@ def _nelbo_mc(model, proc: MaskedDiffusion, x0: torch.Tensor, batches: int, batc
     return float(means.mean()), float(means.std() / math.sqrt(batches))
 
 
-@pytest.mark.parametrize("schedule,batches,batch", [
-    ("loglinear", 100, 4096),
-    ("cosine", 100, 4096),
-    ("linear", 100, 4096),
-    ("loglinear", 20_000, 3),
-    ("cosine", 20_000, 3),
-], ids=["loglinear", "cosine", "linear", "loglinear-batch3", "cosine-batch3"])
+@pytest.mark.parametrize(
+    "schedule,batches,batch",
+    [
+        ("loglinear", 100, 4096),
+        ("cosine", 100, 4096),
+        ("linear", 100, 4096),
+        ("loglinear", 20_000, 3),
+        ("cosine", 20_000, 3),
+    ],
+    ids=["loglinear", "cosine", "linear", "loglinear-batch3", "cosine-batch3"],
+)
 def test_nelbo_equals_nll_for_the_exact_denoiser(exact, schedule, batches, batch):
     """For the true posterior the continuous-time bound is tight: E[NELBO(x0)] = -log p_data(x0).
 
@@ -316,8 +317,10 @@ def test_nelbo_is_strictly_larger_for_a_wrong_denoiser(exact, schedule):
     wrong = ExactDenoiser(P_DATA, N_VALUES, LENGTH, context=False)
     results = {}
     for name, model in (("exact", exact), ("context-free", wrong)):
-        stats = torch.tensor([_nelbo_mc(model, proc, SEQS[k], batches=10, batch=1024, seed=100 + k)
-                              for k in range(len(SEQS))], dtype=torch.float64)
+        stats = torch.tensor(
+            [_nelbo_mc(model, proc, SEQS[k], batches=10, batch=1024, seed=100 + k) for k in range(len(SEQS))],
+            dtype=torch.float64,
+        )
         mean = float((P_DATA * stats[:, 0]).sum())
         se = float(torch.sqrt((P_DATA**2 * stats[:, 1] ** 2).sum()))
         results[name] = (mean, se)
@@ -336,8 +339,9 @@ def test_likelihood_eval_reports_nll_per_token(exact):
     target = float(-P_DATA.log().mean()) / LENGTH
     assert res.n_tokens == chunks.numel() and res.t_samples == 3
     assert 0 < res.stderr < 0.01
-    assert abs(res.nats_per_token - target) < Z * res.stderr, f"{res.nats_per_token:.4f} +- {res.stderr:.4f} " \
-                                                              f"vs {target:.4f}"
+    assert abs(res.nats_per_token - target) < Z * res.stderr, (
+        f"{res.nats_per_token:.4f} +- {res.stderr:.4f} vs {target:.4f}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,93 +353,14 @@ def test_infilling_samples_the_true_conditional(exact, fixed):
     n = 20_000
     pos, toks = list(fixed), torch.tensor(list(fixed.values()))
     ids = _sample(exact, n, MANY_STEPS, seed=6, fixed=fixed).ids
-    _assert_valid(ids)
+    assert_valid(ids, LENGTH)
     assert bool((ids[:, pos] == toks).all()), "a fixed token changed"
     ctx = (SEQS[:, pos] == toks).all(1)  # the sequences consistent with the fixed tokens
     cond = conditional_law(P_DATA, SEQS, tuple(pos)) * ctx  # p_data(gap | fixed), over full sequences
     law = _law(MANY_STEPS, fixed=tuple(pos)) * ctx
-    _assert_matches(ids, law, f"infill {fixed}")
+    assert_matches(ids, law, f"infill {fixed}")
     dist, limit = tv(histogram(ids, N_VALUES), cond), tv_bound(law, n) + tv(law, cond)
     assert dist < limit, f"TV(gap samples, p(gap | fixed)) = {dist:.4f} >= {limit:.4f}"
     # power: ignoring the context (drawing the gap from its unconditional law) would be caught
     gap_bits = sum(1 << l for l in range(LENGTH) if l not in fixed)
     assert tv(MASSES[gap_bits] * ctx, cond) > 2 * limit
-
-
-# ---------------------------------------------------------------------------------------------
-# categorical draws, temperature and top-p
-
-
-def test_sample_categorical_frequencies():
-    """Gumbel-max draws hit each category with its probability, including p = 1e-3; p = 0 never."""
-    p = torch.tensor([1e-3, 0.25, 0.0, 0.749], dtype=torch.float64)
-    n = 1_000_000
-    logp = (p.log() + 3.0).expand(n, 4)  # an unnormalised shift must not matter
-    draws = sample_categorical(logp, torch.Generator().manual_seed(0))
-    counts = torch.bincount(draws, minlength=4).double()
-    assert counts[2] == 0
-    for k in (0, 1, 3):
-        se = math.sqrt(n * p[k] * (1 - p[k]))
-        assert abs(counts[k] - n * p[k]) < 5 * se, f"category {k}: {int(counts[k])} vs {n * float(p[k]):.0f}"
-    again = sample_categorical(logp[:1000], torch.Generator().manual_seed(0))
-    assert torch.equal(again, draws[:1000])
-
-
-def _top_p_reference(probs: list[float], top_p: float) -> set[int]:
-    order = sorted(range(len(probs)), key=lambda i: -probs[i])
-    kept, mass = set(), 0.0
-    for i in order:
-        kept.add(i)
-        mass += probs[i]
-        if mass >= top_p:
-            break
-    return kept
-
-
-def test_top_p_keeps_the_smallest_prefix_reaching_top_p():
-    probs = torch.tensor([0.1, 0.4, 0.2, 0.3], dtype=torch.float64)
-    for top_p, kept in ((0.05, {1}), (0.65, {1, 3}), (0.85, {1, 3, 2}), (0.95, {0, 1, 2, 3}), (1.0, {0, 1, 2, 3})):
-        logp = select_from_logits(probs.log(), top_p=top_p)
-        assert logp.dtype == torch.float64
-        assert set(torch.isfinite(logp).nonzero().flatten().tolist()) == kept, top_p
-        want = torch.where(torch.isfinite(logp), probs / probs[list(kept)].sum(), torch.zeros_like(probs))
-        torch.testing.assert_close(logp.exp(), want)
-    # random rows, temperatures and thresholds against a reference (temperature first, then top-p)
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(500, 7, generator=gen, dtype=torch.float64) * 2
-    logits[:, 6] = float("-inf")  # a forbidden token ([MASK]) stays forbidden
-    tops = torch.rand(500, generator=gen, dtype=torch.float64) * 0.98 + 0.01
-    checked = 0
-    for row, top_p in zip(logits, tops.tolist(), strict=True):
-        for temperature in (0.5, 1.0, 2.0):
-            probs = torch.softmax(row / temperature, -1)
-            sorted_mass = probs.sort(descending=True).values.cumsum(0)
-            if bool(((sorted_mass - top_p).abs() < 1e-9).any()):
-                continue  # a prefix mass equal to top_p: float rounding may go either way
-            kept = _top_p_reference(probs.tolist(), top_p)
-            logp = select_from_logits(row.float(), temperature=temperature, top_p=top_p)
-            assert set(torch.isfinite(logp).nonzero().flatten().tolist()) == kept
-            kept_idx = sorted(kept)
-            torch.testing.assert_close(logp[kept_idx].exp(), probs[kept_idx] / probs[kept_idx].sum(),
-                                       atol=1e-6, rtol=1e-5)
-            checked += 1
-    assert checked > 1400
-
-
-def test_temperature_zero_is_argmax():
-    gen = torch.Generator().manual_seed(1)
-    logits = torch.randn(200, 5, generator=gen)
-    logits[:, 4] = float("-inf")
-    for top_p in (1.0, 0.3):
-        logp = select_from_logits(logits, temperature=0.0, top_p=top_p)
-        assert logp.dtype == torch.float64
-        assert torch.equal(logp.argmax(-1), logits.argmax(-1))
-        assert bool((logp.exp().sum(-1) == 1).all()) and int(torch.isfinite(logp).sum()) == 200
-        assert torch.equal(sample_categorical(logp, gen), logits.argmax(-1))
-    # temperature T > 0 is softmax(logits / T)
-    torch.testing.assert_close(select_from_logits(logits, temperature=0.7),
-                               torch.log_softmax(logits.double() / 0.7, -1))
-
-
-def test_seq_index_round_trip():
-    assert torch.equal(seq_index(SEQS, N_VALUES), torch.arange(len(SEQS)))

@@ -132,8 +132,11 @@ def cmd_presets(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from .bench.run import run_suite
+    from .bench.run import run_suite, train_suite
 
+    if args.train_only:
+        train_suite(args.suite, Path(args.runs), args.family, args.tokenization, args.set)
+        return
     command = "textdiffusion bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else f"bench {args.suite}"
     run_suite(args.suite, Path(args.runs), Path(args.results), None if args.no_write else Path(args.markdown),
               command, judge=args.judge, device=args.device, families=args.family, tokenizations=args.tokenization,
@@ -147,7 +150,8 @@ def cmd_samplers(args) -> None:
 
     for name, (config_cls, fn) in SAMPLERS.items():
         options = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(config_cls))
-        print(f"{name:16s} {(fn.__doc__ or '').strip().splitlines()[0]}\n{'':16s} options: {options}")
+        summary = next(iter((fn.__doc__ or "").strip().splitlines()), "")
+        print(f"{name:16s} {summary}\n{'':16s} options: {options}")
 
 
 def cmd_demo(args) -> None:
@@ -202,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override the suite's training config, e.g. --set train.steps=50 (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--train-only", action="store_true",
+                   help="train the missing models and stop (measure later, on a quiet machine)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("samplers", help="list the samplers and their options")

@@ -107,18 +107,32 @@ class Pipeline:
         return contextlib.nullcontext()
 
     # ---- sampling -------------------------------------------------------------------------
-    def _run_sampler(self, x: torch.Tensor, sampler: str, seed: int | None, return_frames: bool,
-                     on_step: Callable[[Frame], None] | None, options: dict) -> tuple:
+    def _sampler(self, sampler: str | None) -> tuple[str, type, Callable]:
         sampler = sampler or self.process.default_sampler
         if sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
-        config_cls, fn = SAMPLERS[sampler]
+        if (sampler == "block") != (self.process.name == "block"):
+            raise UserError(f"sampler {sampler!r} cannot run a {self.process.name!r} model: block diffusion "
+                            "models use sampler 'block', and sampler 'block' needs one")
+        return sampler, *SAMPLERS[sampler]
+
+    def max_length(self, sampler: str | None = None) -> int | None:
+        """The most tokens `sampler` can write at once: the model's length, or None (no bound) for
+        samplers that continue past it (block diffusion, semi-autoregressive)."""
+        _, config_cls, _ = self._sampler(sampler)
+        return None if getattr(config_cls, "unbounded_length", False) else self.seq_len
+
+    def _run_sampler(self, x: torch.Tensor, sampler: str, seed: int | None, return_frames: bool,
+                     on_step: Callable[[Frame], None] | None, options: dict) -> tuple:
+        sampler, config_cls, fn = self._sampler(sampler)
         options = {k: v for k, v in options.items() if v is not None}
         known = {f.name for f in dataclasses.fields(config_cls)}
         unknown = set(options) - known
         if unknown:
             raise UserError(f"sampler {sampler!r} has no option {', '.join(sorted(unknown))}; "
                             f"its options are {', '.join(sorted(known))}")
+        if "eos_id" in known and "eos_id" not in options:
+            options["eos_id"] = self.tokenizer.eos_id
         cfg = config_cls(**options)
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
@@ -132,8 +146,11 @@ class Pipeline:
                 return_frames: bool = False, on_step: Callable[[Frame], None] | None = None,
                 **sampler_options) -> GenerationOutput:
         """Run a sampler on token ids `x` [B, L]: [MASK] ids are generated, other ids are kept."""
-        if x.dim() != 2 or x.shape[1] > self.seq_len or x.numel() == 0:
-            raise UserError(f"x must be [batch, length] with 1 to {self.seq_len} positions, got {tuple(x.shape)}")
+        limit = self.max_length(sampler)
+        if x.dim() != 2 or (limit is not None and x.shape[1] > limit) or x.numel() == 0:
+            raise UserError(f"x must be [batch, length] with 1 to {limit or 'any number of'} positions, got "
+                            f"{tuple(x.shape)}" + ("; samplers 'block' and 'semi_ar' write past the model's length"
+                                                   if limit is not None and x.dim() == 2 else ""))
         result, seconds = self._run_sampler(x.long(), sampler, seed, return_frames, on_step, sampler_options)
         ids = result.ids.cpu()
         texts = [self.tokenizer.decode(row.tolist(), mask_char=None) for row in ids]
@@ -151,8 +168,10 @@ class Pipeline:
         length = self.seq_len if length is None else length
         if num_samples <= 0:
             raise UserError(f"num_samples must be positive, got {num_samples}")
-        if not 0 < length <= self.seq_len:
-            raise UserError(f"length must be from 1 to the model's {self.seq_len} tokens, got {length}")
+        limit = self.max_length(sampler)
+        if length <= 0 or (limit is not None and length > limit):
+            raise UserError(f"length must be from 1 to the model's {self.seq_len} tokens, got {length}"
+                            + ("" if length <= 0 else ": samplers 'block' and 'semi_ar' write longer texts"))
         x = torch.full((num_samples, length), self.tokenizer.mask_id, dtype=torch.long)
         if prompt is not None:
             ids = self.tokenizer.encode(prompt)
@@ -160,7 +179,7 @@ class Pipeline:
                 raise UserError("the prompt is empty: give some text or leave the prompt out")
             if len(ids) >= length:
                 raise UserError(f"the prompt is {len(ids)} tokens, which leaves no room in {length}: "
-                                "shorten it or raise --length (the model's maximum is {self.seq_len})")
+                                f"shorten it or raise --length (the model's length is {self.seq_len})")
             x[:, : len(ids)] = torch.tensor(ids)
         return self.denoise(x, sampler, seed, return_frames, on_step, **sampler_options)
 

@@ -10,18 +10,20 @@ from pathlib import Path
 import torch
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
-    name = platform.processor() or platform.machine()
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{name}, {torch.get_num_threads()} threads, CPU"
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads, CPU"
 
 
 def _f(x: float, digits: int = 2) -> str:
@@ -69,7 +71,8 @@ def tokenization_markdown(tok: dict) -> str:
                          f"{_f(s['seconds_per_sample'], 3)} | {_f(s['peak_memory_mb'], 0)} | {_f(s['judge_ppl'])} | "
                          f"{_f(s['unigram_entropy'], 3)} | {_f(s['distinct_4'], 3)} | {_f(s['repetition_4'], 3)} |")
     lines.append("")
-    lines += [f"- {line}" for line in ratios(tok)] + [""]
+    top = headline(tok)
+    lines += [f"- {line}" for line in ([top] if top else []) + ratios(tok)] + [""]
     return "\n".join(lines)
 
 
@@ -94,6 +97,34 @@ def ratios(tok: dict) -> list[str]:
                        f"{best['tokens_per_s'] / ar_speed:.2f}x the tokens/s, judge ppl {best['judge_ppl']:.2f} vs "
                        f"{next(s['judge_ppl'] for s in ar['samples'] if s['options'].get('cache', True)):.2f}")
     return out
+
+
+def headline(tok: dict, ppl_tolerance: float = 0.10, entropy_tolerance: float = 0.02) -> str | None:
+    """The speed-up at matched quality: tokens/s of the fastest diffusion setting whose judge perplexity
+    is within 10% of the AR baseline's (KV cache) and whose entropy is within 2% of it, over AR's."""
+    models = tok["models"]
+    ar = next((s for s in models.get("ar", {}).get("samples", []) if s["options"].get("cache", True)), None)
+    if ar is None:
+        return None
+    rows = [(name, s) for name, m in models.items() if name != "ar" for s in m["samples"]]
+    if not rows:
+        return None
+    matched = [(name, s) for name, s in rows if s["judge_ppl"] <= (1 + ppl_tolerance) * ar["judge_ppl"]
+               and abs(s["unigram_entropy"] - ar["unigram_entropy"]) <= entropy_tolerance * ar["unigram_entropy"]]
+    base = (f"AR with KV cache: {_f(ar['tokens_per_s'], 0)} tok/s, judge ppl {_f(ar['judge_ppl'])}, "
+            f"entropy {_f(ar['unigram_entropy'], 3)}")
+    if matched:
+        name, s = max(matched, key=lambda r: r[1]["tokens_per_s"])
+        return (f"**headline: {s['tokens_per_s'] / ar['tokens_per_s']:.2f}x AR's tokens/s at matched quality** — "
+                f"{name} {s['setting']}: {_f(s['tokens_per_s'], 0)} tok/s, judge ppl {_f(s['judge_ppl'])}, entropy "
+                f"{_f(s['unigram_entropy'], 3)} ({base})")
+    name, s = min(rows, key=lambda r: r[1]["judge_ppl"])
+    fast_name, fast = max(rows, key=lambda r: r[1]["tokens_per_s"])
+    return (f"**headline: no diffusion setting matches AR's quality** (judge ppl within {ppl_tolerance:.0%}, "
+            f"entropy within {entropy_tolerance:.0%}; {base}). Best quality: {name} {s['setting']}, judge ppl "
+            f"{_f(s['judge_ppl'])} ({s['judge_ppl'] / ar['judge_ppl']:.2f}x AR's) at "
+            f"{s['tokens_per_s'] / ar['tokens_per_s']:.2f}x AR's tokens/s; fastest: {fast_name} {fast['setting']}, "
+            f"{fast['tokens_per_s'] / ar['tokens_per_s']:.2f}x AR's tokens/s at judge ppl {_f(fast['judge_ppl'])}")
 
 
 def suite_markdown(results: dict) -> str:
@@ -149,19 +180,20 @@ def plot(results: dict, folder: Path) -> list[Path]:
         fig.savefig(paths[-1], dpi=120)
         plt.close(fig)
 
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(10, 7))
         for name, m in tok["models"].items():
-            xs = [s["tokens_per_s"] for s in m["samples"]]
-            ys = [s["judge_ppl"] for s in m["samples"]]
-            ax.plot(xs, ys, "o-", label=name)
+            for sampler in dict.fromkeys(s["sampler"] for s in m["samples"]):  # one series per family and sampler
+                points = [s for s in m["samples"] if s["sampler"] == sampler]
+                label = name if sampler in ("ancestral", "ar", name) else f"{name} {sampler}"
+                ax.plot([s["tokens_per_s"] for s in points], [s["judge_ppl"] for s in points], "o-", label=label)
             for s in m["samples"]:
                 ax.annotate(f"{s['setting']}\nH={s['unigram_entropy']:.2f}", (s["tokens_per_s"], s["judge_ppl"]),
-                            fontsize=7, textcoords="offset points", xytext=(4, 4))
+                            fontsize=6, textcoords="offset points", xytext=(4, 4))
         ref = tok["reference"]
         ax.axhline(ref["judge_ppl"], color="gray", ls=":", label=f"validation text (H={ref['unigram_entropy']:.2f})")
-        ax.set(xscale="log", xlabel="tokens/s (log)", ylabel=f"judge perplexity ({ref['judge']})",
+        ax.set(xscale="log", yscale="log", xlabel="tokens/s (log)", ylabel=f"judge perplexity ({ref['judge']}, log)",
                title=f"{results['suite']} / {tok['tokenization']}: speed vs quality")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncol=2)
         ax.grid(alpha=0.3)
         paths.append(folder / f"{stem}-frontier.png")
         fig.tight_layout()

@@ -11,6 +11,7 @@ import torch
 
 from .evaluate import evaluate_tokenization
 from .report import machine, plot, suite_markdown, write_markdown_section
+from .runs import ensure_trained, run_config
 from .suites import get_suite
 
 
@@ -36,3 +37,19 @@ def run_suite(name: str, runs: Path, results_dir: Path, markdown: Path | None, c
         write_markdown_section(markdown, suite.name, body)
     log(body)
     return results
+
+
+def train_suite(name: str, runs: Path, families: list[str] | None = None, tokenizations: list[str] | None = None,
+                overrides: list[str] | None = None, log=print) -> list[Path]:
+    """Train (or resume) the suite's missing models and measure nothing: for a long queue of
+    trainings on a busy machine, with the measurements taken later on a quiet one."""
+    suite = get_suite(name)
+    folders = []
+    for tok in suite.tokenizations:
+        if tokenizations is not None and tok.name not in tokenizations:
+            continue
+        for fam in suite.families:
+            if (families is None or fam.name in families) and fam.runs_with(tok.name):
+                log(f"[{suite.name}/{tok.name}/{fam.name}] training")
+                folders.append(ensure_trained(run_config(suite, tok, fam, runs, overrides or []), log))
+    return folders

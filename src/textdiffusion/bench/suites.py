@@ -78,8 +78,35 @@ AR = Family("ar", {"name": "autoregressive"}, (SamplerSetting("ar", {"cache": Tr
                                                 SamplerSetting("ar", {"cache": False}, "ar (no cache)")))
 
 
-def mdlm(steps: tuple[int, ...]) -> Family:
-    return Family("mdlm", {"name": "masked", "schedule": "loglinear"}, _steps_sweep(steps))
+def mdlm(steps: tuple[int, ...], fast: tuple[SamplerSetting, ...] = ()) -> Family:
+    """MDLM's ancestral sampler at each step count, then the parallel decoders of issue 5 (`fast`)."""
+    return Family("mdlm", {"name": "masked", "schedule": "loglinear"}, (*_steps_sweep(steps), *fast))
+
+
+def parallel_decoding(seq_len: int, full: bool = True) -> tuple[SamplerSetting, ...]:
+    """The masked model's other samplers (issue 5): LLaDA confidence decoding and Fast-dLLM threshold
+    decoding with its caches (semi-AR blocks of seq_len/4), ReMDM, first-hitting, and no-cache
+    ancestral for reference. `full=False` keeps one of each kind (the quick suite)."""
+    block = seq_len // 4
+    confidence = [SamplerSetting("confidence", {"steps": seq_len // d, "block_length": block}) for d in (2, 4)]
+    threshold = [SamplerSetting("threshold", {"threshold": th, "block_length": block, "cache": cache})
+                 for th, cache in ((0.9, "dual"), (0.7, "none"), (0.7, "dual"), (0.5, "dual"))]
+    remdm = [SamplerSetting("remdm", {"steps": seq_len, "schedule": "loop"}),
+             SamplerSetting("remdm", {"steps": 4 * seq_len, "schedule": "cap"})]
+    others = [SamplerSetting("first_hitting"),
+              SamplerSetting("ancestral", {"steps": seq_len, "cache": False}, f"ancestral(steps={seq_len}, no cache)")]
+    if not full:
+        return confidence[0], threshold[2], remdm[0], others[0]
+    return (*confidence, *threshold, *remdm, *others)
+
+
+def bd3(block_size: int, steps: tuple[int, ...], only: tuple[str, ...] = ()) -> Family:
+    """Block diffusion at one block size: ancestral steps per block, and threshold decoding, with the KV cache."""
+    settings = tuple(SamplerSetting("block", {"steps": s}) for s in steps)
+    threshold = SamplerSetting("block", {"rule": "threshold", "threshold": 0.9})
+    no_cache = SamplerSetting("block", {"steps": steps[0], "cache": False})
+    return Family(f"bd3-{block_size}", {"name": "block", "block_size": block_size},
+                  (*settings, threshold, no_cache), only=only)
 
 
 def d3pm(transition: str, steps: tuple[int, ...], only: tuple[str, ...] = ()) -> Family:
@@ -112,7 +139,8 @@ SUITES: dict[str, Suite] = {
         name="quick",
         description="a smoke run of the whole harness on CPU (minutes): tiny models, tiny budget",
         tokenizations=(BYTE, bpe(512)),
-        families=(AR, mdlm((16, 64)), *discrete_families((16,))),
+        families=(AR, mdlm((16, 64), parallel_decoding(64, full=False)), *discrete_families((16,)),
+                  bd3(4, (4,)), bd3(16, (16,))),
         base={"data": {"source": "shakespeare", "seq_len": 64},
               "model": {"d_model": 96, "n_layers": 2, "n_heads": 2},
               "train": {"steps": 150, "batch_size": 16, "lr": 2.0e-3, "warmup_steps": 20, "ema_decay": 0.0,
@@ -126,7 +154,8 @@ SUITES: dict[str, Suite] = {
         description="the real comparison on CPU: every family, same backbone, data and token budget "
                     "(byte level: 4.9M tokens each; 4k BPE: 2.5M tokens, about 8.6M characters, each)",
         tokenizations=(BYTE, bpe(4096, steps=600)),
-        families=(AR, mdlm((32, 128, 512)), *discrete_families((32, 128))),
+        families=(AR, mdlm((32, 128, 512), parallel_decoding(128)), *discrete_families((32, 128)),
+                  bd3(4, (4, 2), only=("byte",)), bd3(16, (16, 8, 4), only=("byte",))),
         base={"data": {"source": "shakespeare", "seq_len": 128},
               "model": {"d_model": 256, "n_layers": 4, "n_heads": 4},
               "train": {"steps": 1200, "batch_size": 32, "lr": 1.0e-3, "warmup_steps": 100, "ema_decay": 0.995,

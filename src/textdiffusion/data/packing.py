@@ -40,9 +40,11 @@ def iter_chunks(docs: Iterable[str], tok: Tokenizer, seq_len: int, mode: str = "
             yield row + [tok.pad_id] * (seq_len - len(row))
             continue
         buf.extend(row)
-        while len(buf) >= seq_len:
-            yield buf[:seq_len]
-            buf = buf[seq_len:]
+        start = 0  # cut by offset: re-slicing the buffer per chunk is quadratic in a long document
+        while len(buf) - start >= seq_len:
+            yield buf[start : start + seq_len]
+            start += seq_len
+        del buf[:start]
 
 
 def pack_tensor(docs: Iterable[str], tok: Tokenizer, seq_len: int, mode: str = "wrap") -> torch.Tensor:

@@ -32,9 +32,13 @@ class ModelConfig:
         return asdict(self)
 
 
-def rotary_tables(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_tables(seq_len: int, head_dim: int, base: float,
+                  positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of the rotary angles, [L, hd/2], for positions 0..seq_len-1 or the given ones."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # [L, hd/2]
+    if positions is None:
+        positions = torch.arange(seq_len)
+    angles = torch.outer(positions.float().cpu(), inv_freq)  # [L, hd/2]
     return angles.cos(), angles.sin()
 
 
@@ -58,21 +62,53 @@ class KVCache:
         self.length = 0  # tokens stored
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor, capacity: int,
-               commit: bool) -> tuple[torch.Tensor, torch.Tensor]:
+               commit: bool | int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys/values of the stored tokens followed by the new ones ([B, H, length + n, hd]).
 
-        With commit=False the new ones are attended to but not kept (a block still being denoised)."""
+        commit=True stores the new ones; False only attends to them (a block still being denoised);
+        an int stores that many leading new tokens (a finished block read together with the next)."""
         b, h, n, hd = k.shape
         if self.keys[layer] is None:
             self.keys[layer] = k.new_empty(b, h, capacity, hd)
             self.values[layer] = v.new_empty(b, h, capacity, hd)
-        end = self.length + n
-        if commit:
-            self.keys[layer][:, :, self.length : end] = k
-            self.values[layer][:, :, self.length : end] = v
+        stored = n if commit is True else int(commit)
+        end = self.length + stored
+        if end > capacity:
+            raise ValueError(f"KV cache holds {self.length} of {capacity} tokens and cannot store {stored} more: "
+                             "drop_oldest() first (a sliding window)")
+        self.keys[layer][:, :, self.length : end] = k[:, :, :stored]
+        self.values[layer][:, :, self.length : end] = v[:, :, :stored]
+        if stored == n:
             return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-        past_k, past_v = self.keys[layer][:, :, : self.length], self.values[layer][:, :, : self.length]
-        return torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        return (torch.cat([self.keys[layer][:, :, :end], k[:, :, stored:]], dim=2),
+                torch.cat([self.values[layer][:, :, :end], v[:, :, stored:]], dim=2))
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Keep only the stored tokens at `index` (positions in the cache, in order), dropping the rest.
+
+        Attention without a mask does not depend on the order of keys (positions are already
+        rotated in), so a bidirectional model may keep any subset: a prefix, or a prefix and a
+        suffix around a block that is recomputed (Fast-dLLM's dual cache)."""
+        index = index.to(self.keys[0].device if self.keys[0] is not None else index.device)
+        n = len(index)
+        for store in (self.keys, self.values):
+            for buf in store:
+                if buf is not None:
+                    buf[:, :, :n] = buf[:, :, index].clone()
+        self.length = n
+
+    def drop_oldest(self, n: int) -> None:
+        """Forget the first `n` stored tokens (a sliding context window)."""
+        if n > 0:
+            self.keep(torch.arange(n, self.length))
+
+    def rows(self, index: torch.Tensor) -> KVCache:
+        """A copy holding only the batch rows at `index`, for peeking at a subset of sequences."""
+        out = KVCache(len(self.keys))
+        out.keys = [None if b is None else b[index] for b in self.keys]
+        out.values = [None if b is None else b[index] for b in self.values]
+        out.length = self.length
+        return out
 
 
 class Attention(nn.Module):
@@ -173,18 +209,28 @@ class Transformer(nn.Module):
         return KVCache(self.cfg.n_layers)
 
     def forward(self, ids: torch.Tensor, t: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, commit: bool = True) -> torch.Tensor:
+                cache: KVCache | None = None, commit: bool | int = True,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         """ids [B, L] -> logits [B, L, V]. `t` [B] is the noise level, used if time-conditioned.
 
         With `cache`, `ids` continue the tokens the cache holds (positions cache.length onward) and
         attend to them; a causal model sees only earlier positions, a bidirectional one sees the
-        whole cache and all of `ids` (a block). `commit` stores the new keys/values in the cache.
+        whole cache and all of `ids` (a block). `commit` stores the new keys/values in the cache (an int:
+        only that many leading tokens of `ids`).
+        `positions` [L] overrides the rotary positions of `ids` (block diffusion's [x_t; x0] input
+        repeats positions; a sliding window continues past the trained length).
         """
         past = 0 if cache is None else cache.length
         length = ids.shape[1]
-        if past + length > self.cfg.seq_len:
-            raise ValueError(f"sequence of {past + length} tokens is longer than the model's {self.cfg.seq_len}")
-        cos, sin = self.rope_cos[past : past + length], self.rope_sin[past : past + length]
+        if positions is None:
+            if past + length > self.cfg.seq_len:
+                raise ValueError(f"sequence of {past + length} tokens is longer than the model's {self.cfg.seq_len}")
+            cos, sin = self.rope_cos[past : past + length], self.rope_sin[past : past + length]
+        elif int(positions.max()) < self.cfg.seq_len:
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        else:  # beyond the tables: rotary angles depend only on position, so compute them
+            cos, sin = (a.to(ids.device) for a in rotary_tables(0, self.cfg.d_model // self.cfg.n_heads,
+                                                                 self.cfg.rope_base, positions))
         if cache is not None and self.cfg.causal and attn_mask is None and length > 1:
             query_pos = torch.arange(past, past + length, device=ids.device)
             attn_mask = query_pos[:, None] >= torch.arange(past + length, device=ids.device)[None, :]
@@ -197,8 +243,8 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.blocks):
             kv = None if cache is None else (cache, i, self.cfg.seq_len, commit)
             x = block(x, cos, sin, cond, attn_mask, kv)
-        if cache is not None and commit:
-            cache.length += length
+        if cache is not None:
+            cache.length += length if commit is True else int(commit)
         x = self.norm(x)
         if self.final_modulation is not None:
             shift, scale = self.final_modulation(cond)[:, None].chunk(2, dim=-1)

@@ -2,8 +2,10 @@
 
 from .autoregressive import Autoregressive
 from .base import PROCESSES, DiffusionProcess, build_process, register
+from .block import BlockDiffusion
 from .d3pm import D3PM as D3PM  # registers "d3pm"
 from .masked import MaskedDiffusion
 from .sedd import SEDD as SEDD  # registers "sedd"
 
-__all__ = ["PROCESSES", "Autoregressive", "DiffusionProcess", "MaskedDiffusion", "build_process", "register"]
+__all__ = ["PROCESSES", "Autoregressive", "BlockDiffusion", "DiffusionProcess", "MaskedDiffusion", "build_process",
+           "register"]

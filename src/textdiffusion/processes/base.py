@@ -49,6 +49,11 @@ class DiffusionProcess:
         """
         raise NotImplementedError
 
+    def train_noise(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The noise the trainer draws: `sample_noise` unless a process trains on a restricted range
+        (block diffusion's clipped schedule); evaluation always uses `sample_noise`."""
+        return self.sample_noise(x0, generator)
+
     def nelbo_per_sequence(self, model: nn.Module, x0: torch.Tensor, noise: dict[str, torch.Tensor],
                            loss_mask: torch.Tensor | None = None) -> torch.Tensor:
         """One-sample estimate of each sequence's negative ELBO (or exact NLL), [B], in nats.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +17,23 @@ class Frame:
     step: int
     t: float
     ids: torch.Tensor  # [B, L], on the CPU
+
+
+class FrameRecorder:
+    """Snapshots of the sequence as a sampler runs: kept for the filmstrip and/or passed to a callback."""
+
+    def __init__(self, record: bool, on_step: Callable[[Frame], None] | None):
+        self.record, self.on_step = record, on_step
+        self.frames: list[Frame] = []
+
+    def __call__(self, step: int, t: float, x: torch.Tensor) -> None:
+        if not self.record and self.on_step is None:
+            return
+        frame = Frame(step=step, t=float(t), ids=x.detach().cpu().clone())
+        if self.record:
+            self.frames.append(frame)
+        if self.on_step is not None:
+            self.on_step(frame)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..processes.masked import MaskedDiffusion
-from .base import Frame, SampleResult, check_sampling_args, sample_categorical, select_from_logits
+from .base import Frame, FrameRecorder, SampleResult, check_sampling_args, sample_categorical, select_from_logits
 
 
 @dataclass
@@ -42,14 +42,10 @@ def ancestral_sample(model: nn.Module, process: MaskedDiffusion, x: torch.Tensor
     ts = torch.linspace(1.0, 0.0, cfg.steps + 1, dtype=torch.float64)
     alphas = process.schedule.alpha(ts)
     alphas[-1] = 1.0  # the last step reveals every remaining token, whatever the schedule's alpha(0)
-    frames: list[Frame] = []
+    recorder = FrameRecorder(record_frames, on_step)
 
     def emit(step: int, t: float) -> None:
-        frame = Frame(step=step, t=t, ids=x.detach().cpu().clone())
-        if record_frames:
-            frames.append(frame)
-        if on_step is not None:
-            on_step(frame)
+        recorder(step, t, x)
 
     emit(0, 1.0)
     batch = x.shape[0]
@@ -81,4 +77,4 @@ def ancestral_sample(model: nn.Module, process: MaskedDiffusion, x: torch.Tensor
             x[unmask] = sample_categorical(select_from_logits(chosen, cfg.temperature, cfg.top_p), generator)
             stale |= unmask.any(dim=1)
         emit(k + 1, float(ts[k + 1]))
-    return SampleResult(ids=x, nfe=nfe, frames=frames)
+    return SampleResult(ids=x, nfe=nfe, frames=recorder.frames)

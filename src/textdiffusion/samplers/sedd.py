@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..processes.sedd import SEDD
-from .base import Frame, SampleResult, sample_categorical
+from .base import Frame, FrameRecorder, SampleResult, sample_categorical
 
 
 @dataclass
@@ -54,14 +54,10 @@ def _run(model: nn.Module, process: SEDD, x: torch.Tensor, steps: int, cache: bo
     todo = x == process.mask_id
     x[todo] = process.sample_base(int(todo.sum()), generator, x.device)
     ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
-    frames: list[Frame] = []
+    recorder = FrameRecorder(record_frames, on_step)
 
     def emit(step: int, t: float) -> None:
-        frame = Frame(step=step, t=t, ids=x.detach().cpu().clone())
-        if record_frames:
-            frames.append(frame)
-        if on_step is not None:
-            on_step(frame)
+        recorder(step, t, x)
 
     emit(0, 1.0)
     batch = x.shape[0]
@@ -88,7 +84,7 @@ def _run(model: nn.Module, process: SEDD, x: torch.Tensor, steps: int, cache: bo
             x[active] = new
             stale |= changed.any(dim=1)
         emit(k + 1, 0.0 if s is None else s)
-    return SampleResult(ids=x, nfe=nfe, frames=frames)
+    return SampleResult(ids=x, nfe=nfe, frames=recorder.frames)
 
 
 @torch.no_grad()

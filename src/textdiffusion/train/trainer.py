@@ -163,7 +163,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, t.lr, t.warmup_steps, t.steps, t.min_lr_ratio)
         x_global = self.batches.next_global()
-        noise_global = self.process.sample_noise(x_global, self.noise_gen)
+        noise_global = self.process.train_noise(x_global, self.noise_gen)
         local = t.batch_size // info.world_size
         rows = slice(info.rank * local, (info.rank + 1) * local)
         n_global_tokens = x_global.numel()

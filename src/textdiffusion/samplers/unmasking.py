@@ -1,0 +1,221 @@
+"""The loop that every block-wise masked sampler shares: reveal the [MASK]s of one block at a time.
+
+A sampler is two choices:
+
+* a **rule** that decides, each step, which masked positions of the block to reveal:
+  - "ancestral": MDLM's reverse step on a per-block time grid -- each masked token is revealed with
+    probability (alpha_s - alpha_t)/(1 - alpha_t) (MDLM eq. 7), the last step reveals the rest;
+  - "low_confidence" / "random": LLaDA (Nie et al., 2025, Alg. 4-5) -- a fixed number of tokens per
+    step (n // steps, the remainder in the first steps): those the model is most sure of, or random;
+  - "threshold": Fast-dLLM (Wu et al., 2025, Sec. 3.3) -- every token whose confidence exceeds the
+    threshold, and always the most confident one, so threshold 1.0 reveals one token per step.
+* a **view** that computes the block's logits: the whole sequence (`FullView`), or Fast-dLLM's
+  approximate prefix / dual KV caches refreshed at each block start (`PrefixCacheView`,
+  `DualCacheView`), or, for block diffusion, the exact cache of finished blocks (in `samplers.block`).
+
+Values are drawn from the float64 categorical (`select_from_logits` + `sample_categorical`); the
+confidence of a token is the model's probability of the drawn value (untempered softmax, as LLaDA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .base import FrameRecorder, sample_categorical, select_from_logits
+
+RULES = ("ancestral", "low_confidence", "random", "threshold")
+
+
+@dataclass
+class Rule:
+    kind: str = "low_confidence"
+    steps: int = 16  # steps per block (unused by "threshold", which runs until the block is full)
+    threshold: float = 0.9
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def check(self) -> None:
+        if self.kind not in RULES:
+            raise UserError(f"unknown unmasking rule {self.kind!r}: choose one of {', '.join(RULES)}")
+        if not isinstance(self.steps, int) or self.steps <= 0:
+            raise UserError(f"steps must be a positive integer, got {self.steps!r}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise UserError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.temperature < 0:
+            raise UserError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def reveal_counts(n_masked: torch.Tensor, steps: int) -> torch.Tensor:
+    """LLaDA's schedule, [B, steps]: n // steps tokens per step, one more in the first n % steps."""
+    base, rest = n_masked // steps, n_masked % steps
+    extra = torch.arange(steps, device=n_masked.device)[None, :] < rest[:, None]
+    return base[:, None] + extra.long()
+
+
+def top_k_mask(score: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """[B, N] bool: the k[b] highest finite scores of each row (ties broken by position)."""
+    order = score.argsort(dim=1, descending=True, stable=True)
+    positions = torch.arange(score.shape[1], device=score.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, positions)
+    return (rank < k[:, None]) & torch.isfinite(score)
+
+
+def draw_with_confidence(logits: torch.Tensor, mask_id: int, rule: Rule,
+                         generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A value for every position ([..., V] -> [...]) and the model's probability of it (float64)."""
+    logits = logits.double().clone()
+    logits[..., mask_id] = float("-inf")
+    values = sample_categorical(select_from_logits(logits, rule.temperature, rule.top_p), generator)
+    confidence = torch.softmax(logits, dim=-1).gather(-1, values[..., None]).squeeze(-1)
+    return values, confidence
+
+
+class View:
+    """How a block's logits are computed. `start` is called when a block begins, `logits` at every
+    step, `finish` when the block is complete; each forward pass adds one to `nfe`."""
+
+    nfe = 0
+
+    def start(self, x: torch.Tensor, lo: int, hi: int) -> None:
+        pass
+
+    def logits(self, x: torch.Tensor, lo: int, hi: int, rows: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def finish(self, x: torch.Tensor, lo: int, hi: int) -> None:
+        pass
+
+
+def _time(model: nn.Module, xs: torch.Tensor, mask_id: int) -> torch.Tensor | None:
+    """These samplers are time-agnostic; a time-conditioned denoiser gets the masked fraction, which
+    is t under the log-linear schedule."""
+    if getattr(getattr(model, "cfg", None), "time_conditioning", False):
+        return (xs == mask_id).float().mean(1)
+    return None
+
+
+class FullView(View):
+    """Every step reads the whole sequence: exact for a bidirectional masked model."""
+
+    def __init__(self, model: nn.Module, mask_id: int):
+        self.model, self.mask_id = model, mask_id
+
+    def logits(self, x, lo, hi, rows):
+        xs = x if rows is None else x[rows]
+        self.nfe += 1
+        return self.model(xs, _time(self.model, xs, self.mask_id))[:, lo:hi]
+
+
+class PrefixCacheView(View):
+    """Fast-dLLM prefix cache: at a block start one full pass stores every key/value; the steps of the
+    block then recompute only the block and what follows, reusing the prefix's (approximate: the
+    prefix's keys were computed while the block was still masked)."""
+
+    def __init__(self, model: nn.Module, mask_id: int):
+        self.model, self.mask_id, self.cache, self.fresh = model, mask_id, None, None
+
+    def start(self, x, lo, hi):
+        self.cache = self.model.new_cache()
+        self.fresh = self.model(x, _time(self.model, x, self.mask_id), cache=self.cache)[:, lo:hi]
+        self.nfe += 1
+        self.keep(x, lo, hi)
+
+    def keep(self, x, lo, hi):
+        self.cache.keep(torch.arange(lo, device=x.device))
+
+    def logits(self, x, lo, hi, rows):
+        if self.fresh is not None:  # the block's first step reuses the refreshing pass
+            out, self.fresh = self.fresh, None
+            return out if rows is None else out[rows]
+        self.nfe += 1
+        cache = self.cache if rows is None else self.cache.rows(rows)
+        xs = x if rows is None else x[rows]
+        return self.model(xs[:, lo:], _time(self.model, xs, self.mask_id), cache=cache, commit=False,
+                          positions=torch.arange(lo, x.shape[1], device=x.device))[:, : hi - lo]
+
+
+class DualCacheView(PrefixCacheView):
+    """Fast-dLLM dual cache: keep the keys/values of the prefix *and* the suffix; each step recomputes
+    only the block (attention without a mask does not care where the cached keys sit)."""
+
+    def keep(self, x, lo, hi):
+        idx = torch.cat([torch.arange(lo), torch.arange(hi, x.shape[1])]).to(x.device)
+        self.cache.keep(idx)
+
+    def logits(self, x, lo, hi, rows):
+        if self.fresh is not None:
+            out, self.fresh = self.fresh, None
+            return out if rows is None else out[rows]
+        self.nfe += 1
+        cache = self.cache if rows is None else self.cache.rows(rows)
+        xs = x if rows is None else x[rows]
+        return self.model(xs[:, lo:hi], _time(self.model, xs, self.mask_id), cache=cache, commit=False,
+                          positions=torch.arange(lo, hi, device=x.device))
+
+
+VIEWS = {"none": FullView, "prefix": PrefixCacheView, "dual": DualCacheView}
+
+
+def denoise_block(x: torch.Tensor, lo: int, hi: int, view: View, rule: Rule, mask_id: int,
+                  alpha=None, generator: torch.Generator | None = None,
+                  recorder: FrameRecorder | None = None, step0: int = 0, progress=None) -> int:
+    """Reveal every [MASK] of x[:, lo:hi] in place; returns the number of steps taken.
+
+    `alpha` (a schedule's alpha(t) on float64 tensors) is needed by the ancestral rule; `progress()`
+    gives the t reported in frames (the fraction of the sampler's work left)."""
+    view.start(x, lo, hi)
+    block = x[:, lo:hi]  # a view: writes go to x
+    batch = x.shape[0]
+    stale = torch.ones(batch, dtype=torch.bool, device=x.device)  # rows changed since their last pass
+    logits: torch.Tensor | None = None
+    schedule = alphas = None
+    if rule.kind == "ancestral":
+        alphas = alpha(torch.linspace(1.0, 0.0, rule.steps + 1, dtype=torch.float64))
+        alphas[-1] = 1.0  # the last step reveals every remaining token
+    elif rule.kind != "threshold":
+        schedule = reveal_counts((block == mask_id).sum(1), rule.steps)
+    step = 0
+    while (block == mask_id).any():
+        masked = block == mask_id
+        if rule.kind != "threshold" and step >= rule.steps:
+            raise RuntimeError("the schedule ended with masks left")  # cannot happen: last step reveals all
+        # The ancestral rule reuses a row's logits while it is unchanged (MDLM's caching trick); the
+        # others reveal at least one token per row per step, so every row with masks is recomputed.
+        need = masked.any(1) & (stale if rule.kind == "ancestral" else torch.ones_like(stale))
+        if need.any():
+            rows = None if bool(need.all()) else need.nonzero().flatten()
+            out = view.logits(x, lo, hi, rows).float()
+            if logits is None:
+                logits = torch.empty((batch, *out.shape[1:]), dtype=out.dtype, device=x.device)
+            if rows is None:
+                logits.copy_(out)
+            else:
+                logits[rows] = out
+            stale &= ~need
+        values, confidence = draw_with_confidence(logits, mask_id, rule, generator)
+        if rule.kind == "ancestral":
+            p = float((alphas[step + 1] - alphas[step]) / (1 - alphas[step]))
+            u = torch.rand(masked.shape, dtype=torch.float64, device=x.device, generator=generator)
+            reveal = masked & (u < p)
+        elif rule.kind == "threshold":
+            score = torch.where(masked, confidence, float("-inf"))
+            reveal = (masked & (confidence > rule.threshold)) | top_k_mask(score, masked.any(1).long())
+        else:
+            if rule.kind == "random":
+                score = torch.rand(masked.shape, dtype=torch.float64, device=x.device, generator=generator)
+            else:
+                score = confidence
+            reveal = top_k_mask(torch.where(masked, score, float("-inf")), schedule[:, step])
+        block[reveal] = values[reveal]
+        stale |= reveal.any(1)
+        step += 1
+        if recorder is not None:
+            recorder(step0 + step, progress() if progress is not None else 0.0, x)
+    view.finish(x, lo, hi)
+    return step

@@ -1,0 +1,121 @@
+"""Exact output laws of remasking samplers on the tiny problems of `analytic.py`.
+
+`analytic.sampler_law` covers samplers that only ever reveal tokens. Once decoded tokens can be sent
+back to [MASK] (ReMDM), the order of events no longer fits a reveal-time picture, so here the whole
+distribution over sampler states is propagated step by step instead:
+
+* `remask_chain_law(model, start, steps)` -- samplers whose step acts on each position independently
+  given z_t: a masked generated position is revealed with probability p, its value drawn from the
+  denoiser's posterior at z_t; a decoded generated position is remasked with probability sigma; fixed
+  positions stay. That is ReMDM-cap / -rescale / -loop (and MDLM when sigma = 0). The state is z itself,
+  one of the (n_values+1)**length sequences over tokens and [MASK], and each step is a dense transition
+  matrix T[z, z'] = prod_l K_l(z'_l | z).
+* `conf_chain_law(model, start, steps)` -- ReMDM-conf: a decoded token's remasking probability depends
+  on the confidence stored when it was decoded, so the state is z plus those confidences, and the
+  reachable states are enumerated exactly (a dict from state to probability).
+
+Both return law[k] = P(output = all_sequences(n_values, length)[k]), float64, and check that no
+probability is left on states that still hold a [MASK]. `assert_matches` is the two-sided sample check
+(TV bound and chi^2) for any n_values.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+from analytic import ExactDenoiser, all_sequences, chi2_quantile, chi2_statistic, histogram, seq_index, tv, tv_bound
+
+
+def _posterior(model: ExactDenoiser) -> torch.Tensor:
+    """post[P, L, V]: the denoiser's posterior over real tokens for every input pattern, float64."""
+    return torch.softmax(model.table[..., : model.n_values].double(), dim=-1)
+
+
+def _data_law(dist: torch.Tensor, model: ExactDenoiser) -> torch.Tensor:
+    """Law over clean sequences from a law over patterns; fails if mass is left on masked patterns."""
+    patterns = all_sequences(model.n_values + 1, model.length)
+    clean = (patterns != model.mask_id).all(-1)
+    leftover = float(dist[~clean].sum())
+    assert leftover < 1e-12, f"{leftover:.2e} of the probability still holds a [MASK] after the last step"
+    law = torch.zeros(model.n_values**model.length, dtype=torch.float64)
+    law[seq_index(patterns[clean], model.n_values)] = dist[clean]
+    return law
+
+
+def remask_chain_law(model: ExactDenoiser, start: torch.Tensor, steps: Sequence[tuple[float, float]]) -> torch.Tensor:
+    """Exact output law from `start` ([L]; [MASK] where generated) of steps given as (p_reveal, sigma)."""
+    n, length, mask = model.n_values, model.length, model.mask_id
+    patterns = all_sequences(n + 1, length)  # [P, L]
+    post = _posterior(model)  # [P, L, V]
+    generated = start == mask
+    is_masked = (patterns == mask)[..., None]  # [P, L, 1]
+    same = torch.nn.functional.one_hot(patterns, n + 1).double()  # stay where you are
+    to_mask = torch.nn.functional.one_hot(torch.full_like(patterns, mask), n + 1).double()
+    reveal = torch.cat([post, torch.zeros_like(post[..., :1])], -1)  # a value from the posterior
+    dist = torch.zeros(len(patterns), dtype=torch.float64)
+    dist[int(seq_index(start, n + 1))] = 1.0
+    for p, sigma in steps:
+        kernel = torch.where(is_masked, p * reveal + (1 - p) * to_mask, (1 - sigma) * same + sigma * to_mask)
+        kernel = torch.where(generated[None, :, None], kernel, same)  # [P, L, V+1]: K_l(symbol | z)
+        trans = torch.ones(len(patterns), len(patterns), dtype=torch.float64)
+        for l in range(length):
+            trans *= kernel[:, l, patterns[:, l]]  # T[z, z'] *= K_l(z'_l | z)
+        dist = dist @ trans
+    return _data_law(dist, model)
+
+
+def conf_chain_law(model: ExactDenoiser, start: torch.Tensor, steps: Sequence[tuple[float, float]]) -> torch.Tensor:
+    """Exact output law of ReMDM-conf from `start`; steps as (p_reveal, sigma).
+
+    A masked position is revealed with probability p (MDLM's: conf gives masked tokens sigma = 0) and
+    stores psi = the posterior probability of its value; a decoded generated position l is remasked
+    with probability sigma * exp(-psi_l) / sum over the row's decoded generated tokens of exp(-psi).
+    """
+    n, length, mask = model.n_values, model.length, model.mask_id
+    post = _posterior(model).tolist()
+    generated = (start == mask).tolist()
+    states: dict[tuple, float] = {(tuple(start.tolist()), (None,) * length): 1.0}
+    powers = [(n + 1) ** (length - 1 - l) for l in range(length)]
+    for p, sigma in steps:
+        new: dict[tuple, float] = {}
+        for (z, psi), mass in states.items():
+            row = post[sum(v * w for v, w in zip(z, powers))]
+            weights = [math.exp(-psi[l]) if generated[l] and z[l] != mask else 0.0 for l in range(length)]
+            total = sum(weights)
+            options = []  # per position: (symbol, psi, probability)
+            for l in range(length):
+                if not generated[l]:
+                    options.append([(z[l], None, 1.0)])
+                elif z[l] == mask:
+                    options.append(
+                        [(mask, None, 1 - p)] + [(v, row[l][v], p * row[l][v]) for v in range(n) if row[l][v] > 0]
+                    )
+                else:
+                    s = sigma * weights[l] / total
+                    options.append([(z[l], psi[l], 1 - s), (mask, None, s)])
+            for combo in itertools.product(*options):
+                prob = mass
+                for _, _, q in combo:
+                    prob *= q
+                if prob > 0:
+                    key = (tuple(c[0] for c in combo), tuple(c[1] for c in combo))
+                    new[key] = new.get(key, 0.0) + prob
+        states = new
+    dist = torch.zeros((n + 1) ** length, dtype=torch.float64)
+    for (z, _), mass in states.items():
+        dist[sum(v * w for v, w in zip(z, powers))] += mass
+    return _data_law(dist, model)
+
+
+def assert_matches(ids: torch.Tensor, law: torch.Tensor, n_values: int, what: str) -> float:
+    """The rows of ids look like n i.i.d. draws from `law`: TV within `tv_bound` and Pearson chi^2 below
+    its 1 - 3e-7 quantile (cells expecting < 5 pooled). Returns the TV distance."""
+    emp = histogram(ids, n_values)
+    dist, bound = tv(emp, law), tv_bound(law, len(ids))
+    assert dist < bound, f"{what}: TV(samples, law) = {dist:.4f} >= bound {bound:.4f}"
+    stat, dof = chi2_statistic(emp * len(ids), law)
+    assert stat < chi2_quantile(dof), f"{what}: chi^2 = {stat:.1f} on {dof} dof (limit {chi2_quantile(dof):.1f})"
+    return dist

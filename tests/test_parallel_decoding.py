@@ -1,0 +1,193 @@
+"""Confidence / threshold decoding (LLaDA, Fast-dLLM) and semi-autoregressive generation for masked models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from analytic import ExactDenoiser
+from tiny_exact import N_VALUES, assert_matches, assert_valid, masked_start, tiny_data
+
+from textdiffusion.errors import UserError
+from textdiffusion.models import ModelConfig, Transformer
+from textdiffusion.processes.block import BlockDiffusion
+from textdiffusion.processes.masked import MaskedDiffusion
+from textdiffusion.samplers.confidence import ConfidenceConfig, ThresholdConfig, confidence_sample, threshold_sample
+from textdiffusion.samplers.mdlm import AncestralConfig, ancestral_sample
+from textdiffusion.samplers.semi_ar import SemiARConfig, semi_ar_sample, windows
+from textdiffusion.samplers.unmasking import reveal_counts, top_k_mask
+
+V, MASK_ID, L = 11, 10, 12
+PROC = MaskedDiffusion(V, MASK_ID)
+
+
+def transformer(n_layers: int) -> Transformer:
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=V, seq_len=L, d_model=32, n_layers=n_layers, n_heads=2)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return m
+
+
+def start(n: int = 4) -> torch.Tensor:
+    x = torch.full((n, L), MASK_ID)
+    x[:, 2], x[1, 9] = 4, 7
+    return x
+
+
+def test_reveal_counts_is_llada_schedule():
+    counts = reveal_counts(torch.tensor([10, 3, 0]), 4)
+    assert counts.tolist() == [[3, 3, 2, 2], [1, 1, 1, 0], [0, 0, 0, 0]]
+
+
+def test_top_k_mask_takes_the_best_finite_scores():
+    score = torch.tensor([[0.1, 0.9, float("-inf"), 0.5], [0.3, float("-inf"), float("-inf"), 0.2]])
+    assert top_k_mask(score, torch.tensor([2, 3])).tolist() == [[False, True, False, True], [True, False, False, True]]
+
+
+def test_threshold_one_reveals_one_token_per_step():
+    model = transformer(2)
+    out = threshold_sample(model, PROC, start(), ThresholdConfig(threshold=1.0), torch.Generator().manual_seed(0),
+                           record_frames=True)
+    revealed = [int((f.ids != MASK_ID).sum(1)[0]) for f in out.frames]
+    assert revealed == list(range(1, L + 1))  # row 0: the fixed token, then one more per step
+    assert out.nfe == L - 1  # rows with fewer masks finish earlier inside the same passes
+
+
+def test_threshold_zero_reveals_a_block_per_pass():
+    model = transformer(2)
+    out = threshold_sample(model, PROC, start(), ThresholdConfig(threshold=0.0, block_length=4),
+                           torch.Generator().manual_seed(0))
+    assert out.nfe == 3 and not bool((out.ids == MASK_ID).any())
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+def test_confidence_reveals_the_scheduled_number_and_keeps_fixed_tokens(remasking):
+    model = transformer(2)
+    out = confidence_sample(model, PROC, start(), ConfidenceConfig(steps=6, block_length=4, remasking=remasking),
+                            torch.Generator().manual_seed(1), record_frames=True)
+    masks = [int((f.ids[0] == MASK_ID).sum()) for f in out.frames]
+    # row 0: blocks of 4 holding 3 (position 2 is fixed), 4 and 4 masks, 2 steps each: 2+1, 2+2, 2+2
+    assert masks == [11, 9, 8, 6, 4, 2, 0]
+    assert out.nfe == 6 and bool((out.ids[:, 2] == 4).all()) and int(out.ids[1, 9]) == 7
+
+
+def test_low_confidence_prefers_confident_tokens():
+    """The most confident position goes first: with a model whose confidence grows with position,
+    a single block is revealed right to left."""
+
+    class Sharper(torch.nn.Module):
+        cfg = type("Cfg", (), {"time_conditioning": False, "seq_len": 6})()
+
+        def forward(self, ids, t=None):
+            scale = torch.arange(ids.shape[1], dtype=torch.float32)[None, :, None]
+            logits = torch.zeros(*ids.shape, V)
+            logits[..., 0] = scale[..., 0]  # token 0 ever more certain
+            return logits
+
+    out = confidence_sample(Sharper(), PROC, torch.full((1, 6), MASK_ID), ConfidenceConfig(steps=6, temperature=0),
+                            record_frames=True)
+    order = [int((f.ids[0] != MASK_ID).nonzero().min()) for f in out.frames[1:]]
+    assert order == [5, 4, 3, 2, 1, 0]
+
+
+def test_random_order_with_the_exact_posterior_samples_p_data():
+    """One token per step with exact conditionals: p_data, in any order and with any blocks. LLaDA's
+    low-confidence choice depends on the drawn value, which biases it (the control)."""
+    data = tiny_data(4)
+    exact = ExactDenoiser(data.p_data, N_VALUES, 4)
+    proc = MaskedDiffusion(N_VALUES + 1, N_VALUES)
+    gen = torch.Generator().manual_seed(2)
+    for block_length in (0, 2):
+        cfg = ConfidenceConfig(steps=4, block_length=block_length, remasking="random")
+        ids = confidence_sample(exact, proc, masked_start(20000, 4), cfg, gen).ids
+        assert_valid(ids, 4)
+        assert_matches(ids, data.p_data, f"random order, block_length={block_length}")
+    ids = confidence_sample(exact, proc, masked_start(20000, 4), ConfidenceConfig(steps=4), gen).ids
+    with pytest.raises(AssertionError):
+        assert_matches(ids, data.p_data, "low-confidence order")
+
+
+def test_caches_are_exact_for_a_one_layer_model_and_approximate_beyond():
+    """One layer: a key depends only on its own token, so Fast-dLLM's prefix and dual caches change
+    nothing. Two layers: the cached keys are stale after the block changes, so samples differ."""
+    for n_layers, exact in ((1, True), (2, False)):
+        model = transformer(n_layers)
+        outs = {cache: threshold_sample(model, PROC, start(8), ThresholdConfig(0.2, block_length=4, cache=cache),
+                                        torch.Generator().manual_seed(3)).ids for cache in ("none", "prefix", "dual")}
+        for cache in ("prefix", "dual"):
+            assert torch.equal(outs[cache], outs["none"]) == exact, (n_layers, cache)
+            assert not bool((outs[cache] == MASK_ID).any())
+
+
+def test_cached_passes_read_fewer_tokens():
+    model = transformer(2)
+    lengths: list[int] = []
+    original = model.forward
+
+    def spy(ids, *args, **kwargs):
+        lengths.append(ids.shape[1])
+        return original(ids, *args, **kwargs)
+
+    model.forward = spy
+    try:
+        confidence_sample(model, PROC, torch.full((2, L), MASK_ID), ConfidenceConfig(steps=6, block_length=4,
+                          cache="dual"), torch.Generator().manual_seed(4))
+    finally:
+        del model.forward
+    assert lengths == [12, 4] * 3  # per block: one refreshing full pass, then the block alone
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: confidence_sample(m, PROC, start(), ConfidenceConfig(steps=2, block_length=4)), "at least the number"),
+    (lambda m: confidence_sample(m, PROC, start(), ConfidenceConfig(cache="both")), "cache must be"),
+    (lambda m: confidence_sample(m, PROC, start(), ConfidenceConfig(remasking="greedy")), "remasking"),
+    (lambda m: threshold_sample(m, PROC, start(), ThresholdConfig(threshold=1.5)), "threshold"),
+    (lambda m: threshold_sample(m, PROC, start(), ThresholdConfig(block_length=-1)), "block_length"),
+    (lambda m: threshold_sample(m, BlockDiffusion(V, MASK_ID), start(), ThresholdConfig()), "block"),
+])
+def test_bad_options_are_clear_errors(call, message):
+    with pytest.raises(UserError, match=message):
+        call(transformer(1))
+
+
+# ---- semi-autoregressive ----------------------------------------------------------------------
+
+
+def test_windows_cover_the_sequence_with_the_given_overlap():
+    assert windows(10, 12, 6) == [(0, 10)]
+    assert windows(30, 12, 6) == [(0, 12), (6, 18), (12, 24), (18, 30)]
+    assert windows(31, 12, 8) == [(0, 12), (8, 20), (16, 28), (19, 31)]
+
+
+def test_semi_ar_within_the_model_length_is_ancestral():
+    model = transformer(2)
+    a = semi_ar_sample(model, PROC, start(), SemiARConfig(steps=8), torch.Generator().manual_seed(5)).ids
+    b = ancestral_sample(model, PROC, start(), AncestralConfig(steps=8), torch.Generator().manual_seed(5)).ids
+    assert torch.equal(a, b)
+
+
+def test_semi_ar_conditions_each_window_on_the_text_before_it():
+    model = transformer(2)
+    inputs: list[torch.Tensor] = []
+    original = model.forward
+
+    def spy(ids, *args, **kwargs):
+        inputs.append(ids.clone())
+        return original(ids, *args, **kwargs)
+
+    model.forward = spy
+    x = torch.full((2, 30), MASK_ID)
+    x[:, 0] = 5
+    try:
+        out = semi_ar_sample(model, PROC, x, SemiARConfig(steps=4, stride=6), torch.Generator().manual_seed(6))
+    finally:
+        del model.forward
+    assert out.ids.shape == (2, 30) and not bool((out.ids == MASK_ID).any()) and bool((out.ids[:, 0] == 5).all())
+    assert max(i.shape[1] for i in inputs) == L
+    # the first pass of each later window sees its first 6 tokens already written, and exactly those
+    firsts = [i for i in inputs if int((i == MASK_ID).sum(1).max()) == 6 and not bool((i[:, :6] == MASK_ID).any())]
+    starts = [s for s, _ in windows(30, L, 6)][1:]
+    assert len(firsts) >= len(starts)
+    for s, seen in zip(starts, firsts):
+        assert torch.equal(seen[:, :6], out.ids[:, s : s + 6])
