@@ -19,7 +19,7 @@ TEST_SUITE = suites.Suite(
     name="test",
     description="a test-sized suite",
     tokenizations=(suites.BYTE,),
-    families=(suites.AR, suites.mdlm((4,))),
+    families=(suites.AR, suites.mdlm((4,)), suites.bd3(4, (2,))),
     base={"data": {"source": "shakespeare", "seq_len": 32, "val_fraction": 0.05},
           "model": {"d_model": 32, "n_layers": 1, "n_heads": 2},
           "train": {"steps": 6, "batch_size": 4, "warmup_steps": 1, "ema_decay": 0.0, "precision": "fp32"},
@@ -53,15 +53,35 @@ def test_suite_trains_measures_and_writes_everything(suite, tmp_path):
     assert ar["samples"][0]["judge_ppl"] == ar["samples"][1]["judge_ppl"]
     assert mdlm["samples"][0]["nfe_per_batch"] <= 4
     saved = json.loads((tmp_path / "results" / "bench-test.json").read_text())
-    assert saved["tokenizations"][0]["models"].keys() == {"ar", "mdlm"}
+    assert saved["tokenizations"][0]["models"].keys() == {"ar", "mdlm", "bd3-4"}
+    bd3 = tok["models"]["bd3-4"]
+    assert bd3["process"]["block_size"] == 4 and not bd3["likelihood"]["exact"]
+    assert [s["setting"] for s in bd3["samples"]] == ["block(steps=2)", "block(rule=threshold,threshold=0.9)",
+                                                      "block(steps=2,cache=False)"]
+    assert bd3["samples"][0]["judge_ppl"] == bd3["samples"][2]["judge_ppl"]  # the block KV cache is exact
     assert {p.split("-")[-1] for p in saved["plots"]} == {"loss.png", "frontier.png"}
     text = md.read_text()
     assert "older text that must survive" in text and text.count("<!-- bench:test:start -->") == 1
     assert "| mdlm | ancestral(steps=4) |" in text and "mdlm / AR test perplexity" in text
+    assert "**headline (batched):" in text and "**headline (one sequence at a time):" in text
     # a second run reuses the trained models and replaces the section instead of appending another
     run_suite("test", tmp_path / "runs", tmp_path / "results", md, "bench test", log=logs.append)
     assert md.read_text().count("<!-- bench:test:start -->") == 1
     assert any("trained already" in line for line in logs)
+    # a partial rerun (one family) updates its rows and keeps the others
+    run_suite("test", tmp_path / "runs", tmp_path / "results", md, "bench test --family mdlm", families=["mdlm"],
+              log=logs.append)
+    saved = json.loads((tmp_path / "results" / "bench-test.json").read_text())
+    assert list(saved["tokenizations"][0]["models"]) == ["ar", "mdlm", "bd3-4"]
+    assert "partial rerun" in md.read_text() and "| ar | ar (KV cache) |" in md.read_text()
+
+
+def test_train_only_trains_and_measures_nothing(suite, tmp_path):
+    args = ["bench", "test", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "r"), "--train-only",
+            "--family", "bd3-4"]
+    assert main(args) == 0
+    assert (tmp_path / "runs" / "test" / "byte" / "bd3-4" / "checkpoint" / "config.json").is_file()
+    assert not (tmp_path / "r").exists() and not (tmp_path / "runs" / "test" / "byte" / "ar").exists()
 
 
 def test_a_changed_config_is_not_silently_reused(suite, tmp_path, capsys):

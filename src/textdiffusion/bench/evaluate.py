@@ -53,9 +53,13 @@ def evaluate_tokenization(suite: Suite, tok, root: Path, overrides: list[str], j
     first = next(iter(configs))
     val = validation_chunks(configs[first], pipes[first].tokenizer, suite.val_chunks)
     if judge_spec in (None, "ar"):
-        if "ar" not in pipes:
-            raise ValueError("the default judge is the suite's AR baseline: include family 'ar' or pass --judge")
-        judge: Judge = PipelineJudge(pipes["ar"], name=f"ar-{tok.name}")
+        if "ar" in pipes:
+            ar_pipe = pipes["ar"]
+        else:  # a partial run without the AR rows still judges with the suite's AR baseline
+            log(f"[{suite.name}/{tok.name}/ar] training (the judge)")
+            ar_folder = ensure_trained(run_config(suite, tok, suite.family("ar"), root, overrides), log)
+            ar_pipe = Pipeline.from_pretrained(ar_folder, device=device, precision="auto")
+        judge: Judge = PipelineJudge(ar_pipe, name=f"ar-{tok.name}")
     else:
         judge = load_judge(judge_spec, device=device)
     tokenizer = pipes[first].tokenizer
@@ -85,15 +89,17 @@ def evaluate_tokenization(suite: Suite, tok, root: Path, overrides: list[str], j
         for setting in fam.settings:
             req = MeasureRequest(model=str(folders[name]), sampler=setting.sampler, options=dict(setting.options),
                                  num_samples=suite.num_samples, batch=suite.sample_batch, seed=0, device=device,
-                                 precision="auto")
+                                 precision="auto", single_samples=suite.single_samples)
             m = measure_in_subprocess(req, root / suite.name / tok.name / "measure")
             judged = judge_texts(judge, m.texts)
             row["samples"].append({"setting": setting.name(), "sampler": setting.sampler, "options": setting.options,
                                    "nfe_per_batch": m.nfe / math.ceil(suite.num_samples / suite.sample_batch),
                                    "tokens_per_s": m.tokens_per_s, "seconds_per_sample": m.seconds_per_sample,
+                                   "single_tokens_per_s": m.single_tokens_per_s,
                                    "peak_memory_mb": m.peak_memory_mb, "memory_kind": m.memory_kind,
                                    **judged, "example": m.texts[0][:300]})
-            log(f"    {setting.name():28s} {m.tokens_per_s:9.0f} tok/s  judge ppl {judged['judge_ppl']:8.2f}  "
+            single = f" ({m.single_tokens_per_s:.0f} one at a time)" if m.single_tokens_per_s else ""
+            log(f"    {setting.name():28s} {m.tokens_per_s:9.0f} tok/s{single}  judge ppl {judged['judge_ppl']:8.2f}  "
                 f"entropy {judged['unigram_entropy']:.3f}")
         out["models"][name] = row
     del pipes

@@ -31,6 +31,7 @@ class MeasureRequest:
     device: str = "cpu"
     precision: str = "fp32"
     threads: int = 0  # torch threads; 0 leaves PyTorch's default
+    single_samples: int = 0  # then this many more, one sequence at a time (latency, batch 1)
 
 
 @dataclass
@@ -43,6 +44,7 @@ class MeasureResult:
     seconds_per_sample: float
     peak_memory_mb: float  # CUDA: peak allocated; CPU: peak resident set of the whole process
     memory_kind: str
+    single_tokens_per_s: float | None = None  # one sequence at a time: what an interactive user waits for
 
 
 def _peak_rss_mb() -> float:
@@ -73,8 +75,15 @@ def measure(req: MeasureRequest) -> MeasureResult:
         nfe += out.nfe
     n_tokens = sum(len(row) for row in ids)
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
+    single_tokens, single_seconds = 0, 0.0
+    for i in range(req.single_samples):
+        out = pipe.generate(num_samples=1, sampler=req.sampler, seed=req.seed + 10_000 + i, **req.options)
+        if cuda:
+            torch.cuda.synchronize()
+        single_tokens, single_seconds = single_tokens + out.ids.numel(), single_seconds + out.seconds
     return MeasureResult(texts, ids, seconds, nfe, n_tokens / max(seconds, 1e-9), seconds / len(texts), peak,
-                         "cuda peak allocated" if cuda else "peak RSS")
+                         "cuda peak allocated" if cuda else "peak RSS",
+                         single_tokens / single_seconds if req.single_samples else None)
 
 
 def measure_in_subprocess(req: MeasureRequest, workdir: Path) -> MeasureResult:

@@ -30,6 +30,8 @@ def run_suite(name: str, runs: Path, results_dir: Path, markdown: Path | None, c
     results["wall_minutes"] = (time.perf_counter() - start) / 60
     results_dir.mkdir(parents=True, exist_ok=True)
     results["json"] = str(results_dir / f"bench-{suite.name}.json")
+    if (families is not None or tokenizations is not None) and Path(results["json"]).is_file():
+        results = merge_results(json.loads(Path(results["json"]).read_text()), results, suite)
     results["plots"] = [str(p) for p in plot(results, results_dir)]
     Path(results["json"]).write_text(json.dumps(results, indent=1))
     body = suite_markdown(results)
@@ -53,3 +55,22 @@ def train_suite(name: str, runs: Path, families: list[str] | None = None, tokeni
                 log(f"[{suite.name}/{tok.name}/{fam.name}] training")
                 folders.append(ensure_trained(run_config(suite, tok, fam, runs, overrides or []), log))
     return folders
+
+
+def merge_results(old: dict, new: dict, suite) -> dict:
+    """A partial run (some families or tokenizations) updates the suite's stored results: what it
+    measured replaces the old rows, everything else is kept, in the suite's order."""
+    by_tok = {t["tokenization"]: t for t in old.get("tokenizations", [])}
+    for tok in new["tokenizations"]:
+        kept = by_tok.get(tok["tokenization"], {}).get("models", {})
+        models = {**kept, **tok["models"]}
+        order = [f.name for f in suite.families]
+        tok["models"] = dict(sorted(models.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
+        by_tok[tok["tokenization"]] = tok
+    order = [t.name for t in suite.tokenizations]
+    merged = dict(new)
+    merged["tokenizations"] = sorted(by_tok.values(), key=lambda t: order.index(t["tokenization"])
+                                     if t["tokenization"] in order else 99)
+    merged["partial_runs"] = [*old.get("partial_runs", []), {"date": new["date"], "command": new["command"],
+                                                              "wall_minutes": new["wall_minutes"]}]
+    return merged

@@ -56,6 +56,7 @@ class Suite:
     base: dict  # config sections shared by every run (data, model, train, run)
     num_samples: int = 16  # generated per sampler setting, judged and measured for diversity
     sample_batch: int = 8  # samples per generate() call (tokens/s is measured at this batch)
+    single_samples: int = 4  # then generated one at a time: tokens/s of a single sequence (latency)
     val_chunks: int = 64  # held-out chunks for test perplexity
     t_samples: int = 8  # Monte Carlo draws of t per chunk for the diffusion bounds
     infill_spans: tuple[int, ...] = (4, 16)  # masked span lengths (tokens)
@@ -147,7 +148,8 @@ SUITES: dict[str, Suite] = {
                         "precision": "auto"},
               "run": {"log_every": 25, "eval_every": 150, "eval_batches": 2, "save_every": 150,
                       "progress": False}},
-        num_samples=8, sample_batch=8, val_chunks=16, t_samples=2, infill_spans=(4,), infill_examples=8,
+        num_samples=8, sample_batch=8, single_samples=2, val_chunks=16, t_samples=2, infill_spans=(4,),
+        infill_examples=8,
     ),
     "small": Suite(
         name="small",
@@ -155,7 +157,7 @@ SUITES: dict[str, Suite] = {
                     "(byte level: 4.9M tokens each; 4k BPE: 2.5M tokens, about 8.6M characters, each)",
         tokenizations=(BYTE, bpe(4096, steps=600)),
         families=(AR, mdlm((32, 128, 512), parallel_decoding(128)), *discrete_families((32, 128)),
-                  bd3(4, (4, 2), only=("byte",)), bd3(16, (16, 8, 4), only=("byte",))),
+                  bd3(4, (4, 2, 1), only=("byte",)), bd3(16, (16, 8, 4), only=("byte",))),
         base={"data": {"source": "shakespeare", "seq_len": 128},
               "model": {"d_model": 256, "n_layers": 4, "n_heads": 4},
               "train": {"steps": 1200, "batch_size": 32, "lr": 1.0e-3, "warmup_steps": 100, "ema_decay": 0.995,

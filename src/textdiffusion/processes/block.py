@@ -107,6 +107,10 @@ class BlockDiffusion(MaskedDiffusion):
         mask = training_mask(length, self.block_size, xt.device)
         return model(torch.cat([xt, x0], dim=1), attn_mask=mask, positions=positions)[:, :length]
 
+    def log_probs(self, model: nn.Module, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        raise UserError("a block diffusion model predicts a block given the clean blocks before it, not x0 from "
+                        "x_t alone: use denoiser_logits(model, xt, x0) or sampler 'block'")
+
     def nelbo_per_sequence(self, model: nn.Module, x0: torch.Tensor, noise: dict[str, torch.Tensor],
                            loss_mask: torch.Tensor | None = None) -> torch.Tensor:
         t = self.token_t(noise["t"], x0.shape[1])

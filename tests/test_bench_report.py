@@ -1,0 +1,47 @@
+"""The benchmark report's arithmetic: the headline ratio at matched quality, and merging partial reruns."""
+
+from __future__ import annotations
+
+from textdiffusion.bench import suites
+from textdiffusion.bench.report import headline
+from textdiffusion.bench.run import merge_results
+
+
+def sample(setting: str, tps: float, ppl: float, entropy: float, single: float | None = None, **options) -> dict:
+    return {"setting": setting, "sampler": setting.split("(")[0], "options": options, "tokens_per_s": tps,
+            "single_tokens_per_s": single, "judge_ppl": ppl, "unigram_entropy": entropy}
+
+
+def tok(*diffusion: dict) -> dict:
+    ar = [sample("ar (KV cache)", 1000, 10.0, 3.0, 200, cache=True),
+          sample("ar (no cache)", 100, 10.0, 3.0, cache=False)]
+    return {"models": {"ar": {"samples": ar}, "mdlm": {"samples": list(diffusion)}}}
+
+
+def test_headline_takes_the_fastest_setting_within_both_tolerances():
+    t = tok(sample("fast but bad", 5000, 11.5, 3.0, 900),  # ppl 15% over AR's
+            sample("fast, low entropy", 4000, 10.0, 2.9, 800),  # entropy 3.3% under
+            sample("matched", 2500, 10.9, 3.05, 600),  # within 10% / 2%
+            sample("matched, slow", 1500, 10.2, 3.0, 300))
+    assert "2.50x AR's tokens/s at matched quality" in headline(t) and "mdlm matched:" in headline(t)
+    assert "3.00x AR's tokens/s" in headline(t, "single_tokens_per_s")  # 600 / 200, one sequence at a time
+
+
+def test_headline_without_a_match_names_the_closest_and_the_fastest():
+    t = tok(sample("a", 5000, 30.0, 3.0), sample("b", 3000, 20.0, 3.01), sample("greedy", 4000, 11.0, 2.0))
+    text = headline(t)
+    assert "no diffusion setting matches" in text
+    assert "Closest at AR's entropy: mdlm b, judge ppl 20.00 (2.00x AR's) at 3.00x" in text
+    assert "fastest: mdlm a, 5.00x" in text
+    assert headline(t, "single_tokens_per_s") is None  # no single-sequence numbers were measured
+
+
+def test_merge_keeps_unmeasured_rows_in_suite_order():
+    old = {"tokenizations": [{"tokenization": "byte", "models": {"ar": {"x": 1}, "mdlm": {"x": 2}}},
+                             {"tokenization": "bpe4096", "models": {"ar": {"x": 3}}}]}
+    new = {"date": "d", "command": "c", "wall_minutes": 1.0,
+           "tokenizations": [{"tokenization": "byte", "models": {"bd3-4": {"x": 4}, "mdlm": {"x": 5}}}]}
+    merged = merge_results(old, new, suites.SUITES["small"])
+    byte, bpe = merged["tokenizations"]
+    assert list(byte["models"]) == ["ar", "mdlm", "bd3-4"] and byte["models"]["mdlm"] == {"x": 5}
+    assert bpe["models"] == {"ar": {"x": 3}} and merged["partial_runs"][0]["command"] == "c"
