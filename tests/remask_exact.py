@@ -26,7 +26,8 @@ import math
 from collections.abc import Sequence
 
 import torch
-from analytic import ExactDenoiser, all_sequences, chi2_quantile, chi2_statistic, histogram, seq_index, tv, tv_bound
+from analytic import ExactDenoiser, all_sequences, seq_index
+from tiny_exact import assert_matches as tiny_assert_matches
 
 
 def _posterior(model: ExactDenoiser) -> torch.Tensor:
@@ -111,11 +112,5 @@ def conf_chain_law(model: ExactDenoiser, start: torch.Tensor, steps: Sequence[tu
 
 
 def assert_matches(ids: torch.Tensor, law: torch.Tensor, n_values: int, what: str) -> float:
-    """The rows of ids look like n i.i.d. draws from `law`: TV within `tv_bound` and Pearson chi^2 below
-    its 1 - 3e-7 quantile (cells expecting < 5 pooled). Returns the TV distance."""
-    emp = histogram(ids, n_values)
-    dist, bound = tv(emp, law), tv_bound(law, len(ids))
-    assert dist < bound, f"{what}: TV(samples, law) = {dist:.4f} >= bound {bound:.4f}"
-    stat, dof = chi2_statistic(emp * len(ids), law)
-    assert stat < chi2_quantile(dof), f"{what}: chi^2 = {stat:.1f} on {dof} dof (limit {chi2_quantile(dof):.1f})"
-    return dist
+    """`tiny_exact.assert_matches` for any vocabulary size (TV bound and chi^2 test)."""
+    return tiny_assert_matches(ids, law, what, n_values)

@@ -58,9 +58,9 @@ def assert_valid(ids: torch.Tensor, length: int | None = None) -> None:
     assert bool(((ids >= 0) & (ids < N_VALUES)).all()), "a [MASK] (or out-of-range token) survived sampling"
 
 
-def assert_matches(ids: torch.Tensor, law: torch.Tensor, what: str) -> float:
+def assert_matches(ids: torch.Tensor, law: torch.Tensor, what: str, n_values: int = N_VALUES) -> float:
     """The histogram of ids is a plausible n-sample histogram of `law` (TV bound and chi^2 test)."""
-    emp = histogram(ids, N_VALUES)
+    emp = histogram(ids, n_values)
     dist, bound = tv(emp, law), tv_bound(law, len(ids))
     assert dist < bound, f"{what}: TV(samples, law) = {dist:.4f} >= bound {bound:.4f}"
     stat, dof = chi2_statistic(emp * len(ids), law)

@@ -43,6 +43,20 @@ class SampleResult:
     frames: list[Frame] = field(default_factory=list)
 
 
+def store_rows(store: torch.Tensor | None, rows: torch.Tensor | None, out: torch.Tensor, batch: int) -> torch.Tensor:
+    """Keep each row's latest denoiser output: write `out` (the outputs of `rows`, a bool mask or an index
+    over the batch; None = every row) into `store` ([batch, ...], allocated on first use) and return it.
+
+    Samplers recompute only rows whose input changed and reuse the rest (MDLM's caching trick)."""
+    if store is None:
+        store = torch.empty((batch, *out.shape[1:]), dtype=out.dtype, device=out.device)
+    if rows is None:
+        store.copy_(out)
+    else:
+        store[rows] = out
+    return store
+
+
 def check_sampling_args(steps: int, temperature: float, top_p: float) -> None:
     if not isinstance(steps, int) or steps <= 0:
         raise UserError(f"steps must be a positive integer, got {steps!r}")

@@ -18,7 +18,15 @@ import torch
 from torch import nn
 
 from ..processes.masked import MaskedDiffusion
-from .base import Frame, FrameRecorder, SampleResult, check_sampling_args, sample_categorical, select_from_logits
+from .base import (
+    Frame,
+    FrameRecorder,
+    SampleResult,
+    check_sampling_args,
+    sample_categorical,
+    select_from_logits,
+    store_rows,
+)
 
 
 @dataclass
@@ -62,10 +70,7 @@ def ancestral_sample(model: nn.Module, process: MaskedDiffusion, x: torch.Tensor
         need = masked.any(dim=1) & (stale if use_cache else torch.ones_like(stale))
         if need.any():
             t_rows = torch.full((int(need.sum()),), float(ts[k]), device=x.device)
-            out = model(x[need], t_rows).float()
-            if logits is None:
-                logits = torch.empty((batch, *out.shape[1:]), dtype=out.dtype, device=x.device)
-            logits[need] = out
+            logits = store_rows(logits, need, model(x[need], t_rows).float(), batch)
             stale &= ~need
             nfe += 1
         p_unmask = float((alphas[k + 1] - alphas[k]) / (1 - alphas[k]))

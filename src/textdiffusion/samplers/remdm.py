@@ -54,7 +54,15 @@ from torch import nn
 
 from ..errors import UserError
 from ..processes.masked import MaskedDiffusion
-from .base import Frame, FrameRecorder, SampleResult, check_sampling_args, sample_categorical, select_from_logits
+from .base import (
+    Frame,
+    FrameRecorder,
+    SampleResult,
+    check_sampling_args,
+    sample_categorical,
+    select_from_logits,
+    store_rows,
+)
 from .first_hitting import time_at_alpha
 
 SCHEDULES = ("cap", "rescale", "conf", "loop")
@@ -255,10 +263,7 @@ def remdm_sample(
         need = masked.any(dim=1) & (stale if use_cache else torch.ones_like(stale))
         if need.any():
             t_rows = torch.full((int(need.sum()),), step.t, device=x.device)
-            out = model(x[need], t_rows).float()
-            if logits is None:
-                logits = torch.empty((batch, *out.shape[1:]), dtype=out.dtype, device=x.device)
-            logits[need] = out
+            logits = store_rows(logits, need, model(x[need], t_rows).float(), batch)
             stale &= ~need
             nfe += 1
         x, revealed, remasked, prob = remdm_step(

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..processes.sedd import SEDD
-from .base import Frame, FrameRecorder, SampleResult, sample_categorical
+from .base import Frame, FrameRecorder, SampleResult, sample_categorical, store_rows
 
 
 @dataclass
@@ -72,10 +72,7 @@ def _run(model: nn.Module, process: SEDD, x: torch.Tensor, steps: int, cache: bo
             need = rows & stale if use_cache else rows
             if need.any():
                 t_rows = torch.full((int(need.sum()),), t, dtype=torch.float64, device=x.device)
-                out = process.model_output(model, x[need], t_rows)
-                if g is None:
-                    g = torch.empty((batch, *out.shape[1:]), dtype=out.dtype, device=x.device)
-                g[need] = out
+                g = store_rows(g, need, process.model_output(model, x[need], t_rows), batch)
                 stale &= ~need
                 nfe += 1
             logp = process.reverse_log_probs(g[active], x[active], t, s, method if s is not None else "analytic")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import FrameRecorder, sample_categorical, select_from_logits
+from .base import FrameRecorder, sample_categorical, select_from_logits, store_rows
 
 RULES = ("ancestral", "low_confidence", "random", "threshold")
 
@@ -190,13 +190,7 @@ def denoise_block(x: torch.Tensor, lo: int, hi: int, view: View, rule: Rule, mas
         need = masked.any(1) & (stale if rule.kind == "ancestral" else torch.ones_like(stale))
         if need.any():
             rows = None if bool(need.all()) else need.nonzero().flatten()
-            out = view.logits(x, lo, hi, rows).float()
-            if logits is None:
-                logits = torch.empty((batch, *out.shape[1:]), dtype=out.dtype, device=x.device)
-            if rows is None:
-                logits.copy_(out)
-            else:
-                logits[rows] = out
+            logits = store_rows(logits, rows, view.logits(x, lo, hi, rows).float(), batch)
             stale &= ~need
         values, confidence = draw_with_confidence(logits, mask_id, rule, generator)
         if rule.kind == "ancestral":
