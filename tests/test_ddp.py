@@ -132,3 +132,17 @@ def test_one_process_accumulation_matches_one_batch(tmp_path, overrides, single)
             mp.delenv(var, raising=False)
         train(tmp_path, [*overrides, "train.micro_batch_size=2"])
     assert_same_training(single, tmp_path, world=1, label="1 process, micro_batch_size=2")
+
+
+def test_block_diffusion_ddp_matches_one_process(tmp_path, overrides):
+    """Block diffusion draws a noise level per block (clipped range) and feeds the backbone a 2L input
+    with an explicit mask and positions: all of it must split across processes like the masked loss."""
+    from ddp_worker import train
+
+    block = [*overrides, "process.name=block", "process.block_size=4", "process.mask_rate_min=0.2"]
+    with pytest.MonkeyPatch.context() as mp:
+        for var in DIST_VARS:
+            mp.delenv(var, raising=False)
+        assert train(tmp_path / "single", block) == 0
+    torchrun(2, tmp_path / "ddp", block)
+    assert_same_training(tmp_path / "single", tmp_path / "ddp", world=2, label="block diffusion, 2 processes")
