@@ -327,3 +327,35 @@ def test_whole_length_blocks_past_the_length_need_no_context(model):
     runs = [block_sample(model, proc, x, BlockConfig(steps=4, cache=cache), torch.Generator().manual_seed(10))
             for cache in (True, False)]
     assert torch.equal(runs[0].ids, runs[1].ids) and runs[0].nfe == runs[1].nfe
+
+
+def test_one_layer_cache_equals_recompute_past_the_length():
+    """With one layer a cached key depends only on its token and position, so even past the trained
+    length (sliding window, positions beyond the rotary tables) the cache changes nothing."""
+    torch.manual_seed(1)
+    one = Transformer(ModelConfig(vocab_size=V, seq_len=L, d_model=32, n_layers=1, n_heads=2)).eval()
+    x = torch.full((3, 3 * L + 1), MASK_ID)
+    x[:, 0], x[1, 17] = 2, 5
+    for block_size in (3, 5):
+        proc = BlockDiffusion(V, MASK_ID, block_size=block_size)
+        runs = [block_sample(one, proc, x, BlockConfig(steps=2, cache=cache), torch.Generator().manual_seed(11))
+                for cache in (True, False)]
+        assert torch.equal(runs[0].ids, runs[1].ids), block_size
+
+
+def test_eos_stops_only_past_the_length_unless_asked():
+    proc = BlockDiffusion(V, MASK_ID, block_size=4)
+    default, asked = (BlockConfig(steps=1, eos_id=9, cache=False, stop_at_eos=stop) for stop in (None, True))
+    x = torch.full((1, L), MASK_ID)
+    within = block_sample(EosAfter(stop=6), proc, x, default, torch.Generator().manual_seed(0))
+    assert within.ids[0].tolist() == [1, 2, 3, 4, 5, 6, 9, 9, 9, 9, 9, 9]  # what the model wrote, all of it
+    assert within.nfe == 3
+    asked = block_sample(EosAfter(stop=6), proc, x, asked, torch.Generator().manual_seed(0))
+    assert asked.nfe == 2
+
+
+def test_block_size_longer_than_the_model_is_a_clear_error(model):
+    with pytest.raises(UserError, match="longer than the model"):
+        block_sample(model, BlockDiffusion(V, MASK_ID, block_size=L + 4), torch.full((1, 20), MASK_ID), BlockConfig())
+    with pytest.raises(UserError, match="longer than the 12-token"):
+        BlockDiffusion(V, MASK_ID, block_size=L + 4).sampled_loss(model, clean_batch())

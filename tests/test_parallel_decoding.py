@@ -191,3 +191,32 @@ def test_semi_ar_conditions_each_window_on_the_text_before_it():
     assert len(firsts) >= len(starts)
     for s, seen in zip(starts, firsts):
         assert torch.equal(seen[:, :6], out.ids[:, s : s + 6])
+
+
+def test_blocks_start_after_the_prompt():
+    """LLaDA cuts semi-AR blocks from the end of the prompt: a 3-token prompt, blocks of 4 -> [3, 7), ..."""
+    from textdiffusion.samplers.confidence import blocks_with_masks
+
+    x = torch.full((2, L), MASK_ID)
+    x[:, :3] = 1
+    assert blocks_with_masks(x, MASK_ID, 4) == [(3, 7), (7, 11), (11, 12)]
+    assert blocks_with_masks(x, MASK_ID, 0) == [(3, 12)]
+    assert blocks_with_masks(torch.ones(2, L, dtype=torch.long), MASK_ID, 4) == []
+
+
+def test_non_finite_logits_are_a_clear_error():
+    class Broken(torch.nn.Module):
+        cfg = type("Cfg", (), {"time_conditioning": False, "seq_len": L})()
+
+        def forward(self, ids, t=None):
+            logits = torch.zeros(*ids.shape, V)
+            logits[:, 3, 2] = float("nan")
+            return logits
+
+    with pytest.raises(UserError, match="NaN"):
+        threshold_sample(Broken(), PROC, start(), ThresholdConfig())
+
+
+def test_semi_ar_windows_must_overlap():
+    with pytest.raises(UserError, match="overlap"):
+        semi_ar_sample(transformer(1), PROC, torch.full((1, 30), MASK_ID), SemiARConfig(stride=L))

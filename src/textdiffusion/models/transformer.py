@@ -38,8 +38,8 @@ def rotary_tables(seq_len: int, head_dim: int, base: float,
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     if positions is None:
         positions = torch.arange(seq_len)
-    angles = torch.outer(positions.float().cpu(), inv_freq)  # [L, hd/2]
-    return angles.cos(), angles.sin()
+    angles = torch.outer(positions.double().cpu(), inv_freq.double())  # [L, hd/2]; float64: far positions
+    return angles.cos().float(), angles.sin().float()
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -103,10 +103,11 @@ class KVCache:
             self.keep(torch.arange(n, self.length))
 
     def rows(self, index: torch.Tensor) -> KVCache:
-        """A copy holding only the batch rows at `index`, for peeking at a subset of sequences."""
+        """A copy of the stored tokens of the batch rows at `index`, for peeking at a subset of sequences
+        (commit=False only: it has no room for more tokens)."""
         out = KVCache(len(self.keys))
-        out.keys = [None if b is None else b[index] for b in self.keys]
-        out.values = [None if b is None else b[index] for b in self.values]
+        out.keys = [None if b is None else b[index, :, : self.length] for b in self.keys]
+        out.values = [None if b is None else b[index, :, : self.length] for b in self.values]
         out.length = self.length
         return out
 

@@ -12,6 +12,10 @@ noisy block and to the clean blocks before it; a clean token attends to clean bl
 Both halves use positions 0..L-1. B = L is MDLM; B = 1 is an autoregressive model whose input at
 position l is [MASK] (at t = 1 every token is masked and the weight is 1: the exact AR NLL).
 
+Infilling and conditional scores see the left context and the span's own block only: text to the
+right of that block is invisible to a block model (as to AR), so its infill numbers are left-context
+ones.
+
 The clipped schedule (Sec. 5.2) draws the training mask rate from U[mask_rate_min, mask_rate_max]
 instead of U[0, 1]: it lowers the gradient variance; evaluation always uses the full range, so the
 reported numbers stay a bound.
@@ -103,6 +107,9 @@ class BlockDiffusion(MaskedDiffusion):
         if getattr(getattr(model, "cfg", None), "time_conditioning", False):
             raise UserError("block diffusion draws one noise level per block; use a model without time conditioning")
         length = xt.shape[1]
+        if self.block_size > length:
+            raise UserError(f"block_size {self.block_size} is longer than the {length}-token sequences: use at most "
+                            f"{length} (block_size = length is MDLM)")
         positions = torch.arange(length, device=xt.device).repeat(2)
         mask = training_mask(length, self.block_size, xt.device)
         return model(torch.cat([xt, x0], dim=1), attn_mask=mask, positions=positions)[:, :length]

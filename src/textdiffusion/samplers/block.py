@@ -9,7 +9,9 @@ only ever attends to earlier blocks (the block-causal mask it was trained with),
 Length is not bounded by training: `x` may be longer than the model's length. The context is then
 a sliding window of whole blocks, the most a block saw in training (seq_len - block_size earlier
 tokens). Generation stops after the block in which every row has produced [EOS] (with
-`stop_at_eos`), and everything after a row's first [EOS] is set to [EOS], so decoding ends there.
+`stop_at_eos`; by default only past the model's length, so that a text of at most the trained
+length always has the length asked for), and everything after a row's first [EOS] is set to
+[EOS], so decoding ends there.
 Beyond the trained length the cached and uncached paths differ slightly: a cached block's keys
 were computed in its own window, a recomputed one sees only the current window.
 """
@@ -35,7 +37,7 @@ class BlockConfig:
     rule: str = "ancestral"  # or "low_confidence", "random", "threshold"
     threshold: float = 0.9  # for rule "threshold"
     cache: bool = True  # exact KV cache of finished blocks
-    stop_at_eos: bool = True
+    stop_at_eos: bool | None = None  # None: stop only when writing past the model's length
     eos_id: int | None = None  # the pipeline fills in the tokenizer's [EOS]
     temperature: float = 1.0
     top_p: float = 1.0
@@ -110,6 +112,13 @@ class BlockRecomputeView(View):
         return self.model(xs, attn_mask=mask, positions=torch.arange(start, hi, device=x.device))[:, lo - start :]
 
 
+def should_stop(stop_at_eos: bool | None, eos_id: int | None, length: int, seq_len: int) -> bool:
+    """Stop at [EOS] when asked to, or by default when writing past the model's length."""
+    if eos_id is None:
+        return False
+    return length > seq_len if stop_at_eos is None else stop_at_eos
+
+
 def first_eos_fill(x: torch.Tensor, generated: torch.Tensor, eos_id: int) -> None:
     """Set every generated position after a row's first generated [EOS] to [EOS] (in place)."""
     is_eos = (x == eos_id) & generated
@@ -128,6 +137,9 @@ def block_sample(model: nn.Module, process: BlockDiffusion, x: torch.Tensor, cfg
     rule = Rule(cfg.rule, cfg.steps, cfg.threshold, cfg.temperature, cfg.top_p)
     rule.check()
     mask_id, size = process.mask_id, process.block_size
+    if size > model.cfg.seq_len:
+        raise UserError(f"block_size {size} is longer than the model's {model.cfg.seq_len} tokens")
+    stop = should_stop(cfg.stop_at_eos, cfg.eos_id, x.shape[1], model.cfg.seq_len)
     x = x.clone()
     generated = x == mask_id
     view = BlockCacheView(model, size) if cfg.cache else BlockRecomputeView(model, size)
@@ -139,11 +151,11 @@ def block_sample(model: nn.Module, process: BlockDiffusion, x: torch.Tensor, cfg
         hi = min(lo + size, x.shape[1])
         step += denoise_block(x, lo, hi, view, rule, mask_id, process.schedule.alpha, generator, recorder, step,
                               progress=lambda: float((x == mask_id).sum()) / total)
-        if cfg.stop_at_eos and cfg.eos_id is not None and hi < x.shape[1]:
+        if stop and hi < x.shape[1]:
             if bool(((x[:, :hi] == cfg.eos_id) & generated[:, :hi]).any(1).all()):
                 x[:, hi:][generated[:, hi:]] = cfg.eos_id  # every row has ended: skip the rest
                 break
-    if cfg.stop_at_eos and cfg.eos_id is not None:
+    if stop:
         first_eos_fill(x, generated, cfg.eos_id)
         recorder(step + 1, 0.0, x)
     return SampleResult(ids=x, nfe=view.nfe, frames=recorder.frames)

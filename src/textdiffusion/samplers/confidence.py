@@ -39,7 +39,7 @@ class ConfidenceConfig:
 
 @dataclass
 class ThresholdConfig:
-    threshold: float = 0.9  # reveal every token at least this confident (and always the best one)
+    threshold: float = 0.9  # reveal every token more confident than this (and always the best one)
     block_length: int = 0
     cache: str = "none"
     temperature: float = 1.0
@@ -47,9 +47,13 @@ class ThresholdConfig:
 
 
 def blocks_with_masks(x: torch.Tensor, mask_id: int, block_length: int) -> list[tuple[int, int]]:
-    length = x.shape[1]
-    size = block_length or length
-    spans = [(lo, min(lo + size, length)) for lo in range(0, length, size)]
+    """Blocks of `block_length` from the first masked column (LLaDA cuts them after the prompt)."""
+    masked_columns = (x == mask_id).any(0).nonzero().flatten()
+    if len(masked_columns) == 0:
+        return []
+    start, length = int(masked_columns[0]), x.shape[1]
+    size = block_length or length - start
+    spans = [(lo, min(lo + size, length)) for lo in range(start, length, size)]
     return [(lo, hi) for lo, hi in spans if bool((x[:, lo:hi] == mask_id).any())]
 
 

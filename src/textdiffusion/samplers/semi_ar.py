@@ -4,8 +4,9 @@ A masked model generates at most its training length L at once. To write more, g
 of L tokens, slide the window by `stride` tokens so that its first L - stride tokens are text
 already written, and generate the `stride` new ones conditioned on them; repeat. Each window is
 an ordinary ancestral run (fixed tokens are context, never changed), so prompts and gaps inside
-the first window work as in `ancestral`. With `stop_at_eos`, generation ends after the window in
-which every row has written [EOS], and what follows a row's first [EOS] becomes [EOS].
+the first window work as in `ancestral`. With `stop_at_eos` (by default: when writing past the
+model's length), generation ends after the window in which every row has written [EOS], and what
+follows a row's first [EOS] becomes [EOS].
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..errors import UserError
 from ..processes.block import BlockDiffusion
 from ..processes.masked import MaskedDiffusion
 from .base import Frame, FrameRecorder, SampleResult
-from .block import first_eos_fill
+from .block import first_eos_fill, should_stop
 from .mdlm import AncestralConfig, ancestral_sample
 
 
@@ -29,7 +30,7 @@ from .mdlm import AncestralConfig, ancestral_sample
 class SemiARConfig:
     steps: int = 128  # ancestral steps per window
     stride: int = 0  # new tokens per window after the first; 0: half the model's length
-    stop_at_eos: bool = True
+    stop_at_eos: bool | None = None  # None: stop only when writing past the model's length
     eos_id: int | None = None  # the pipeline fills in the tokenizer's [EOS]
     temperature: float = 1.0
     top_p: float = 1.0
@@ -55,8 +56,10 @@ def semi_ar_sample(model: nn.Module, process: MaskedDiffusion, x: torch.Tensor, 
         raise UserError("sampler 'semi_ar' needs a masked diffusion model (process 'masked')")
     seq_len = model.cfg.seq_len
     stride = cfg.stride or seq_len // 2
-    if not isinstance(stride, int) or not 0 < stride <= seq_len:
-        raise UserError(f"stride must be from 1 to the model's length {seq_len}, got {cfg.stride!r}")
+    if not isinstance(stride, int) or not 0 < stride < seq_len:
+        raise UserError(f"stride must be from 1 to {seq_len - 1} (windows must overlap to share context), "
+                        f"got {cfg.stride!r}")
+    stop = should_stop(cfg.stop_at_eos, cfg.eos_id, x.shape[1], seq_len)
     inner = AncestralConfig(steps=cfg.steps, temperature=cfg.temperature, top_p=cfg.top_p, cache=cfg.cache)
     x = x.clone()
     generated = x == process.mask_id
@@ -76,10 +79,10 @@ def semi_ar_sample(model: nn.Module, process: MaskedDiffusion, x: torch.Tensor, 
         x[:, start:end] = out.ids
         nfe += out.nfe
         step += cfg.steps
-        if cfg.stop_at_eos and cfg.eos_id is not None and end < x.shape[1]:
+        if stop and end < x.shape[1]:
             if bool(((x[:, :end] == cfg.eos_id) & generated[:, :end]).any(1).all()):
                 x[:, end:][generated[:, end:]] = cfg.eos_id
                 break
-    if cfg.stop_at_eos and cfg.eos_id is not None:
+    if stop:
         first_eos_fill(x, generated, cfg.eos_id)
     return SampleResult(ids=x, nfe=nfe, frames=recorder.frames)

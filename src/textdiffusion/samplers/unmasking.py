@@ -69,6 +69,9 @@ def top_k_mask(score: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 def draw_with_confidence(logits: torch.Tensor, mask_id: int, rule: Rule,
                          generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """A value for every position ([..., V] -> [...]) and the model's probability of it (float64)."""
+    if bool(torch.isnan(logits).any()) or bool(torch.isposinf(logits).any()):
+        raise UserError("the model returned NaN or +inf logits: check the checkpoint (a diverged run?) "
+                        "and the precision (try fp32)")
     logits = logits.double().clone()
     logits[..., mask_id] = float("-inf")
     values = sample_categorical(select_from_logits(logits, rule.temperature, rule.top_p), generator)
@@ -183,8 +186,8 @@ def denoise_block(x: torch.Tensor, lo: int, hi: int, view: View, rule: Rule, mas
     step = 0
     while (block == mask_id).any():
         masked = block == mask_id
-        if rule.kind != "threshold" and step >= rule.steps:
-            raise RuntimeError("the schedule ended with masks left")  # cannot happen: last step reveals all
+        if step >= (hi - lo if rule.kind == "threshold" else rule.steps):  # each rule reveals >= 1 per step
+            raise RuntimeError("the block still has masks after its last step")
         # The ancestral rule reuses a row's logits while it is unchanged (MDLM's caching trick); the
         # others reveal at least one token per row per step, so every row with masks is recomputed.
         need = masked.any(1) & (stale if rule.kind == "ancestral" else torch.ones_like(stale))
