@@ -211,7 +211,7 @@ class Transformer(nn.Module):
 
     def forward(self, ids: torch.Tensor, t: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, commit: bool | int = True,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, outputs: slice | None = None) -> torch.Tensor:
         """ids [B, L] -> logits [B, L, V]. `t` [B] is the noise level, used if time-conditioned.
 
         With `cache`, `ids` continue the tokens the cache holds (positions cache.length onward) and
@@ -219,7 +219,8 @@ class Transformer(nn.Module):
         whole cache and all of `ids` (a block). `commit` stores the new keys/values in the cache (an int:
         only that many leading tokens of `ids`).
         `positions` [L] overrides the rotary positions of `ids` (block diffusion's [x_t; x0] input
-        repeats positions; a sliding window continues past the trained length).
+        repeats positions; a sliding window continues past the trained length). `outputs` keeps the
+        logits of those positions only (the head is not run on the others).
         """
         past = 0 if cache is None else cache.length
         length = ids.shape[1]
@@ -246,6 +247,8 @@ class Transformer(nn.Module):
             x = block(x, cos, sin, cond, attn_mask, kv)
         if cache is not None:
             cache.length += length if commit is True else int(commit)
+        if outputs is not None:
+            x = x[:, outputs]
         x = self.norm(x)
         if self.final_modulation is not None:
             shift, scale = self.final_modulation(cond)[:, None].chunk(2, dim=-1)

@@ -112,7 +112,7 @@ class BlockDiffusion(MaskedDiffusion):
                             f"{length} (block_size = length is MDLM)")
         positions = torch.arange(length, device=xt.device).repeat(2)
         mask = training_mask(length, self.block_size, xt.device)
-        return model(torch.cat([xt, x0], dim=1), attn_mask=mask, positions=positions)[:, :length]
+        return model(torch.cat([xt, x0], dim=1), attn_mask=mask, positions=positions, outputs=slice(0, length))
 
     def log_probs(self, model: nn.Module, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         raise UserError("a block diffusion model predicts a block given the clean blocks before it, not x0 from "
