@@ -359,3 +359,14 @@ def test_block_size_longer_than_the_model_is_a_clear_error(model):
         block_sample(model, BlockDiffusion(V, MASK_ID, block_size=L + 4), torch.full((1, 20), MASK_ID), BlockConfig())
     with pytest.raises(UserError, match="longer than the 12-token"):
         BlockDiffusion(V, MASK_ID, block_size=L + 4).sampled_loss(model, clean_batch())
+
+
+def test_rows_without_masks_in_a_block_are_not_read(model):
+    """Infilling leaves some rows with nothing to write in a block: their logits are never computed,
+    and must not be mistaken for a broken model (no garbage from uninitialised memory)."""
+    proc = BlockDiffusion(V, MASK_ID, block_size=4)
+    x = clean_batch(4)
+    x[0, 5], x[2, 9:11] = MASK_ID, MASK_ID  # rows 1 and 3 have nothing to generate anywhere
+    for _ in range(20):
+        out = block_sample(model, proc, x, BlockConfig(steps=3), torch.Generator().manual_seed(12))
+        assert not bool((out.ids == MASK_ID).any()) and torch.equal(out.ids[1], x[1])

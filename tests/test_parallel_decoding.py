@@ -220,3 +220,12 @@ def test_non_finite_logits_are_a_clear_error():
 def test_semi_ar_windows_must_overlap():
     with pytest.raises(UserError, match="overlap"):
         semi_ar_sample(transformer(1), PROC, torch.full((1, 30), MASK_ID), SemiARConfig(stride=L))
+
+
+def test_store_rows_leaves_uncomputed_rows_finite():
+    from textdiffusion.samplers.base import store_rows
+
+    store = store_rows(None, torch.tensor([True, False, True]), torch.ones(2, 4, 5), batch=3)
+    assert torch.equal(store[1], torch.zeros(4, 5)) and bool((store[[0, 2]] == 1).all())
+    store = store_rows(store, None, torch.full((3, 4, 5), 2.0), batch=3)
+    assert bool((store == 2).all())

@@ -48,8 +48,8 @@ def store_rows(store: torch.Tensor | None, rows: torch.Tensor | None, out: torch
     over the batch; None = every row) into `store` ([batch, ...], allocated on first use) and return it.
 
     Samplers recompute only rows whose input changed and reuse the rest (MDLM's caching trick)."""
-    if store is None:
-        store = torch.empty((batch, *out.shape[1:]), dtype=out.dtype, device=out.device)
+    if store is None:  # zeros, not empty: rows never computed must still hold finite numbers
+        store = torch.zeros((batch, *out.shape[1:]), dtype=out.dtype, device=out.device)
     if rows is None:
         store.copy_(out)
     else:
