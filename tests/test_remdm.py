@@ -29,107 +29,51 @@ import pytest
 import torch
 from analytic import (
     ExactDenoiser,
-    all_sequences,
     conditional_law,
     histogram,
     marginal_masses,
-    random_distribution,
     reveal_probs,
     sampler_law,
     tv,
     tv_bound,
 )
 from remask_exact import assert_matches, conf_chain_law, remask_chain_law
+from remdm_tiny import (
+    LENGTH,
+    MASK,
+    N_VALUES,
+    P_DATA,
+    SEQS,
+    SMALL_LENGTH,
+    SMALL_P,
+    SMALL_VALUES,
+    Z,
+    _assert_valid,
+    _chain_steps,
+    _law,
+    _process,
+    _sample,
+    _sigma_max,
+    _start,
+    _wrong_unmask_prob,
+)
 
 from textdiffusion.errors import UserError
-from textdiffusion.processes.masked import MaskedDiffusion
 from textdiffusion.samplers import remdm
 from textdiffusion.samplers.mdlm import AncestralConfig, ancestral_sample
 from textdiffusion.samplers.remdm import (
     PAPER_ETA,
     ReMDMConfig,
-    confidence_sigmas,
     remdm_plan,
     remdm_sample,
     remdm_step,
 )
 from textdiffusion.schedules import get_schedule
 
-N_VALUES, LENGTH = 3, 4
-MASK = N_VALUES
-SEQS = all_sequences(N_VALUES, LENGTH)
-P_DATA = random_distribution(N_VALUES, LENGTH, seed=2, concentration=1.0)
-# ReMDM-conf's exact law tracks every decoded token's confidence: feasible on 2**3 sequences
-SMALL_VALUES, SMALL_LENGTH = 2, 3
-SMALL_P = random_distribution(SMALL_VALUES, SMALL_LENGTH, seed=2, concentration=1.0)  # min p = 0.029
-Z = 4.5  # standard errors allowed for a Monte Carlo mean
-
 
 @pytest.fixture(scope="module")
 def exact() -> ExactDenoiser:
     return ExactDenoiser(P_DATA, N_VALUES, LENGTH)
-
-
-def _process(schedule: str = "loglinear", mask_id: int = MASK) -> MaskedDiffusion:
-    return MaskedDiffusion(vocab_size=mask_id + 1, mask_id=mask_id, schedule=schedule)
-
-
-def _start(n: int, fixed: dict[int, int] | None = None, length: int = LENGTH, mask_id: int = MASK) -> torch.Tensor:
-    x = torch.full((n, length), mask_id, dtype=torch.long)
-    for pos, tok in (fixed or {}).items():
-        x[:, pos] = tok
-    return x
-
-
-def _sample(
-    model,
-    n: int,
-    cfg: ReMDMConfig,
-    seed: int,
-    *,
-    schedule: str = "loglinear",
-    fixed=None,
-    on_step=None,
-    length: int = LENGTH,
-    mask_id: int = MASK,
-):
-    gen = torch.Generator().manual_seed(seed)
-    return remdm_sample(
-        model, _process(schedule, mask_id), _start(n, fixed, length, mask_id), cfg, gen, on_step=on_step
-    )
-
-
-def _sigma_max(alpha_t: float, alpha_s: float) -> float:
-    if alpha_s == 1:
-        return 0.0
-    return 1.0 if alpha_t == 0 else min(1.0, (1 - alpha_s) / alpha_t)
-
-
-def _chain_steps(cfg: ReMDMConfig, schedule: str = "loglinear") -> list[tuple[float, float]]:
-    """(reveal probability, sigma) of every step, the reveal probability from the paper's formula."""
-    steps = []
-    for st in remdm_plan(_process(schedule), cfg):
-        if cfg.schedule == "conf":  # masked tokens have sigma^(l) = 0: MDLM's reveal probability
-            p = 1.0 if st.alpha_t >= 1 else (st.alpha_s - st.alpha_t) / (1 - st.alpha_t)
-        else:
-            p = 1.0 if st.alpha_t >= 1 else (st.alpha_s - (1 - st.sigma) * st.alpha_t) / (1 - st.alpha_t)
-        steps.append((min(max(p, 0.0), 1.0), st.sigma))
-    return steps
-
-
-def _law(model, cfg: ReMDMConfig, fixed: dict[int, int] | None = None, schedule: str = "loglinear") -> torch.Tensor:
-    """Exact law over full sequences; with fixed tokens, p(gap | fixed) on the consistent sequences."""
-    return remask_chain_law(model, _start(1, fixed)[0], _chain_steps(cfg, schedule))
-
-
-def _wrong_unmask_prob(alpha_t: float, alpha_s: float, sigma: torch.Tensor) -> torch.Tensor:
-    """MDLM's reveal probability while remasking with sigma: the marginal drifts towards [MASK]."""
-    return torch.full_like(sigma, 1.0 if alpha_t >= 1 else (alpha_s - alpha_t) / (1 - alpha_t))
-
-
-def _assert_valid(ids: torch.Tensor, n_values: int = N_VALUES) -> None:
-    assert bool(((ids >= 0) & (ids < n_values)).all()), "a [MASK] (or out-of-range token) survived sampling"
-
 
 # ---------------------------------------------------------------------------------------------
 # the references and the plan
@@ -380,102 +324,6 @@ def test_mask_logit_and_time_input(exact):
     want = [st.t for st in plan][: len(seen)]
     assert seen == pytest.approx(want, abs=1e-7)  # float32 time input
     assert sum(1 for t in seen if abs(t - 0.3) < 1e-6) >= 10  # the loop: loglinear alpha = 0.7 at t* = 0.3
-
-
-# ---------------------------------------------------------------------------------------------
-# (d) ReMDM-conf
-
-
-def test_conf_step_kernel(monkeypatch):
-    """One conf step from a fixed state: decoded token l is remasked with probability
-    sigma * softmax(-psi)_l over the row's decoded generated tokens (fixed tokens excluded), a masked
-    token is revealed with MDLM's probability, and the stored psi is the drawn token's probability."""
-    n = 200_000
-    alpha_t, alpha_s, sigma = 0.5, 0.6, 0.6
-    x = torch.tensor([[0, 1, 2, MASK, MASK, 1]]).repeat(n, 1)
-    generated = torch.tensor([True, True, True, True, True, False]).repeat(n, 1)  # the last token is fixed
-    psi = torch.tensor([0.1, 0.5, 0.95, 0.0, 0.0, 0.0], dtype=torch.float64).repeat(n, 1)
-    logits = torch.log(torch.tensor([0.2, 0.3, 0.5, 0.0])).repeat(n, 6, 1)
-
-    def check() -> None:
-        gen = torch.Generator().manual_seed(7)
-        sig = remdm.confidence_sigmas(sigma, x, generated, psi, MASK)
-        xs, revealed, remasked, prob = remdm_step(x, generated, logits, alpha_t, alpha_s, sig, MASK, generator=gen)
-        w = torch.exp(-torch.tensor([0.1, 0.5, 0.95], dtype=torch.float64))
-        want = sigma * w / w.sum()
-        p_reveal = (alpha_s - alpha_t) / (1 - alpha_t)
-        for l, p in enumerate(want.tolist() + [p_reveal, p_reveal, 0.0]):
-            event = revealed[:, l] if l in (3, 4) else remasked[:, l]
-            freq = float(event.double().mean())
-            se = math.sqrt(max(p * (1 - p), 1e-12) / n)
-            assert abs(freq - p) < Z * se + 1e-12, f"position {l}: {freq:.4f} vs {p:.4f}"
-        assert bool((xs[:, 5] == 1).all())
-        want_prob = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)[xs[revealed]]
-        torch.testing.assert_close(prob, want_prob, atol=1e-6, rtol=0)
-
-    check()
-    # control: remasking the *confident* tokens first (softmax(+psi)) is caught
-    monkeypatch.setattr(remdm, "confidence_sigmas", lambda s, x, g, c, m: confidence_sigmas(s, x, g, -c, m))
-    with pytest.raises(AssertionError, match="position"):
-        check()
-
-
-def _small_sample(cfg: ReMDMConfig, n: int, seed: int, model=None, fixed=None):
-    model = model or ExactDenoiser(SMALL_P, SMALL_VALUES, SMALL_LENGTH)
-    return _sample(model, n, cfg, seed, fixed=fixed, length=SMALL_LENGTH, mask_id=SMALL_VALUES)
-
-
-def _small_conf_law(cfg: ReMDMConfig, fixed=None) -> torch.Tensor:
-    model = ExactDenoiser(SMALL_P, SMALL_VALUES, SMALL_LENGTH)
-    return conf_chain_law(model, _start(1, fixed, SMALL_LENGTH, SMALL_VALUES)[0], _chain_steps(cfg))
-
-
-def _unnormalised_sigmas(sigma, x, generated, confidence, mask_id):
-    """A plausible bug: exp(-psi) * sigma without the softmax normalisation (far more remasking)."""
-    decoded = generated & (x != mask_id)
-    return torch.where(decoded, torch.exp(-confidence.double()), 0.0) * sigma
-
-
-def test_conf_follows_its_exact_law(monkeypatch):
-    """ReMDM-conf samples against its exact law (states carry the stored confidences); the same check
-    rejects them as MDLM samples. The law is not p_data: the value-dependent remasking tilts it, by an
-    exactly computed 0.054 in TV against MDLM's same-step residual of 0.018."""
-    cfg = ReMDMConfig(steps=16, schedule="conf", eta=1.0)
-    n = 50_000
-    law = _small_conf_law(cfg)
-    mdlm = _small_conf_law(dataclasses.replace(cfg, eta=0.0))
-    ids = _small_sample(cfg, n, seed=8).ids
-    _assert_valid(ids, SMALL_VALUES)
-    assert_matches(ids, law, SMALL_VALUES, "conf, 16 steps")
-    with pytest.raises(AssertionError, match="MDLM"):
-        assert_matches(ids, mdlm, SMALL_VALUES, "MDLM's law")
-    assert tv(law, SMALL_P) > tv(mdlm, SMALL_P) + 0.02
-    # control: unnormalised weights (sigma * exp(-psi) per token) are caught
-    monkeypatch.setattr(remdm, "confidence_sigmas", _unnormalised_sigmas)
-    wrong = _small_sample(cfg, n, seed=8).ids
-    with pytest.raises(AssertionError, match="unnormalised"):
-        assert_matches(wrong, law, SMALL_VALUES, "conf with unnormalised weights")
-
-
-def test_conf_infilling_never_remasks_fixed_tokens():
-    cfg = ReMDMConfig(steps=16, schedule="conf", eta=1.0)
-    n = 20_000
-    frames: list[torch.Tensor] = []
-    model = ExactDenoiser(SMALL_P, SMALL_VALUES, SMALL_LENGTH)
-    ids = _sample(
-        model,
-        n,
-        cfg,
-        9,
-        fixed={1: 0},
-        length=SMALL_LENGTH,
-        mask_id=SMALL_VALUES,
-        on_step=lambda f: frames.append(f.ids),
-    ).ids
-    assert all(bool((f[:, 1] == 0).all()) for f in frames)
-    small_seqs = all_sequences(SMALL_VALUES, SMALL_LENGTH)
-    ctx = small_seqs[:, 1] == 0
-    assert_matches(ids, _small_conf_law(cfg, {1: 0}) * ctx, SMALL_VALUES, "conf infill")
 
 
 # ---------------------------------------------------------------------------------------------
