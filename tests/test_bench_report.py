@@ -45,3 +45,44 @@ def test_merge_keeps_unmeasured_rows_in_suite_order():
     byte, bpe = merged["tokenizations"]
     assert list(byte["models"]) == ["ar", "mdlm", "bd3-4"] and byte["models"]["mdlm"] == {"x": 5}
     assert bpe["models"] == {"ar": {"x": 3}} and merged["partial_runs"][0]["command"] == "c"
+
+
+def with_judge(s: dict, name: str, ppl: float, entropy: float) -> dict:
+    return {**s, "other_judges": {name: {"judge_ppl": ppl, "unigram_entropy": entropy}}}
+
+
+def test_headline_under_an_extra_judge_uses_that_judges_numbers_only():
+    # The main judge favours AR (nothing matches); the neutral judge rates "b" as good as AR.
+    t = tok(with_judge(sample("a", 5000, 30.0, 3.0), "neutral", 80.0, 4.0),
+            with_judge(sample("b", 3000, 20.0, 3.01), "neutral", 52.0, 4.05))
+    ar = t["models"]["ar"]["samples"]
+    ar[0] = with_judge(ar[0], "neutral", 50.0, 4.0)
+    assert "no diffusion setting matches" in headline(t)
+    text = headline(t, judge="neutral")
+    assert "headline (batched, judged by neutral): 3.00x AR's tokens/s at matched quality" in text
+    assert "judge ppl 52.00, entropy 4.050" in text and "AR with KV cache: 1,000 tok/s, judge ppl 50.00" in text
+    # a judge that scored nothing matches nothing (its numbers are missing, not zero)
+    assert "no diffusion setting matches" in headline(t, judge="absent")
+
+
+def test_report_table_has_a_column_pair_per_extra_judge():
+    from textdiffusion.bench.report import tokenization_markdown
+
+    def full(s: dict) -> dict:
+        return {**s, "nfe_per_batch": 4, "seconds_per_sample": 0.1, "peak_memory_mb": 1.0,
+                "distinct_4": 0.9, "repetition_4": 0.0}
+
+    t = tok(full(with_judge(sample("b", 3000, 20.0, 3.01), "neutral", 52.0, 4.05)))
+    for m in t["models"].values():
+        m.update(likelihood={"nats_per_token": 1.0, "stderr": 0.1, "exact": m is t["models"]["ar"]},
+                 infill=[], params=1, trained={})
+    t["models"]["ar"]["samples"] = [full(with_judge(s, "neutral", 50.0, 4.0)) for s in t["models"]["ar"]["samples"]]
+    t.update(tokenization="byte", note="n", vocab_size=260, seq_len=8, val_chunks=2,
+             reference={"judge": "ar-byte", "num_samples": 4, "judge_ppl": 12.0, "unigram_entropy": 3.1,
+                        "distinct_4": 0.8, "repetition_4": 0.01,
+                        "other_judges": {"neutral": {"judge_ppl": 49.0, "unigram_entropy": 4.1}}})
+    text = tokenization_markdown(t)
+    assert "| judge ppl | entropy | distinct-4 | repetition-4 | neutral ppl | neutral entropy |" in text
+    assert "| 12.00 | 3.100 | 0.800 | 0.010 | 49.00 | 4.100 |" in text  # the reference row
+    assert "| mdlm | b |" in text and "| 52.00 | 4.050 |" in text
+    assert "headline (batched, judged by neutral): 3.00x" in text

@@ -140,7 +140,7 @@ def cmd_bench(args) -> None:
     command = "textdiffusion bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else f"bench {args.suite}"
     run_suite(args.suite, Path(args.runs), Path(args.results), None if args.no_write else Path(args.markdown),
               command, judge=args.judge, device=args.device, families=args.family, tokenizations=args.tokenization,
-              overrides=args.set)
+              overrides=args.set, extra_judges=tuple(args.also_judge))
 
 
 def cmd_samplers(args) -> None:
@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-write", action="store_true", help="print the table only; write no markdown")
     p.add_argument("--judge", default=None,
                    help="ar (the suite's own AR baseline, default), smollm2, an HF folder or a .gguf file")
+    p.add_argument("--also-judge", action="append", default=[], metavar="JUDGE",
+                   help="score the same samples with this judge too (smollm2, an HF folder or a .gguf file; "
+                        "repeatable): a neutral check on the AR judge, which favours its own samples")
     p.add_argument("--family", action="append", default=None, help="only this family (repeatable)")
     p.add_argument("--tokenization", action="append", default=None, help="only this tokenization (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",

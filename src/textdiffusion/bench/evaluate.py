@@ -2,7 +2,8 @@
 
 Generation quality is judged by one judge per tokenization (the suite's own AR baseline unless
 another judge is named), with unigram entropy always beside judge perplexity, and the same judge's
-numbers on real validation text as the reference.
+numbers on real validation text as the reference. Further judges (`extra_judges`, e.g. a neutral
+SmolLM2: the AR baseline judging its own samples favours them) score the same texts beside it.
 """
 
 from __future__ import annotations
@@ -40,8 +41,14 @@ def judge_texts(judge: Judge, texts: list[str]) -> dict:
             "judge_tokens": sum(scored.n_tokens), **diversity_report(scored.token_ids)}
 
 
+def judge_all(judge: Judge, others: list[Judge], texts: list[str]) -> dict:
+    """The main judge's numbers, with each extra judge's under `other_judges` (by judge name)."""
+    return {**judge_texts(judge, texts), "other_judges": {j.name: judge_texts(j, texts) for j in others}}
+
+
 def evaluate_tokenization(suite: Suite, tok, root: Path, overrides: list[str], judge_spec: str | None,
-                          device: str, families: list[str] | None, log=print) -> dict:
+                          device: str, families: list[str] | None, log=print,
+                          extra_judges: tuple[str, ...] = ()) -> dict:
     fams = [f for f in suite.families if (families is None or f.name in families) and f.runs_with(tok.name)]
     configs = {f.name: run_config(suite, tok, f, root, overrides) for f in fams}
     folders = {}
@@ -62,11 +69,12 @@ def evaluate_tokenization(suite: Suite, tok, root: Path, overrides: list[str], j
         judge: Judge = PipelineJudge(ar_pipe, name=f"ar-{tok.name}")
     else:
         judge = load_judge(judge_spec, device=device)
+    others = [load_judge(spec, device=device) for spec in extra_judges]
     tokenizer = pipes[first].tokenizer
     reference_texts = [tokenizer.decode(row.tolist(), mask_char=None) for row in val[: suite.num_samples]]
     out = {"tokenization": tok.name, "note": tok.note, "vocab_size": tokenizer.vocab_size,
            "seq_len": int(val.shape[1]), "val_chunks": int(len(val)),
-           "reference": judge_texts(judge, reference_texts), "models": {}}
+           "reference": judge_all(judge, others, reference_texts), "models": {}}
     log(f"[{suite.name}/{tok.name}] judge {judge.name}: validation text ppl {out['reference']['judge_ppl']:.2f}, "
         f"entropy {out['reference']['unigram_entropy']:.3f}")
     for fam in fams:
@@ -91,7 +99,7 @@ def evaluate_tokenization(suite: Suite, tok, root: Path, overrides: list[str], j
                                  num_samples=suite.num_samples, batch=suite.sample_batch, seed=0, device=device,
                                  precision="auto", single_samples=suite.single_samples)
             m = measure_in_subprocess(req, root / suite.name / tok.name / "measure")
-            judged = judge_texts(judge, m.texts)
+            judged = judge_all(judge, others, m.texts)
             row["samples"].append({"setting": setting.name(), "sampler": setting.sampler, "options": setting.options,
                                    "nfe_per_batch": m.nfe / math.ceil(suite.num_samples / suite.sample_batch),
                                    "tokens_per_s": m.tokens_per_s, "seconds_per_sample": m.seconds_per_sample,
@@ -99,8 +107,10 @@ def evaluate_tokenization(suite: Suite, tok, root: Path, overrides: list[str], j
                                    "peak_memory_mb": m.peak_memory_mb, "memory_kind": m.memory_kind,
                                    **judged, "example": m.texts[0][:300]})
             single = f" ({m.single_tokens_per_s:.0f} one at a time)" if m.single_tokens_per_s else ""
+            extra = "".join(f"; {n}: ppl {j['judge_ppl']:.2f}, entropy {j['unigram_entropy']:.3f}"
+                            for n, j in judged["other_judges"].items())
             log(f"    {setting.name():28s} {m.tokens_per_s:9.0f} tok/s{single}  judge ppl {judged['judge_ppl']:8.2f}  "
-                f"entropy {judged['unigram_entropy']:.3f}")
+                f"entropy {judged['unigram_entropy']:.3f}{extra}")
         out["models"][name] = row
     del pipes
     if torch.cuda.is_available():

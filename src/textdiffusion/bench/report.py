@@ -59,23 +59,40 @@ def tokenization_markdown(tok: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     ref = tok["reference"]
+    others = list(ref.get("other_judges", {}))
+    extra_head = "".join(f" {j} ppl | {j} entropy |" for j in others)
     lines += [f"Generation ({ref['judge']} judge; {ref['num_samples']:.0f} samples per setting; entropy = mean "
               "unigram entropy per sample in the judge's tokens, nats):", "",
               "| family | sampler setting | forward passes / batch | tokens/s | tokens/s, one sequence | s / sample | "
-              "peak memory (MB) | judge ppl | entropy | distinct-4 | repetition-4 |", "|" + "---|" * 11]
-    lines.append(f"| validation text | (reference) | | | | | | {_f(ref['judge_ppl'])} | "
-                 f"{_f(ref['unigram_entropy'], 3)} | {_f(ref['distinct_4'], 3)} | {_f(ref['repetition_4'], 3)} |")
+              "peak memory (MB) | judge ppl | entropy | distinct-4 | repetition-4 |" + extra_head,
+              "|" + "---|" * (11 + 2 * len(others))]
+
+    def extra_cells(s: dict) -> list[str]:
+        return [c for j in others for c in (_f(judged(s, j)["judge_ppl"]), _f(judged(s, j)["unigram_entropy"], 3))]
+
+    lines.append("| " + " | ".join(["validation text", "(reference)", "", "", "", "", "", _f(ref["judge_ppl"]),
+                                    _f(ref["unigram_entropy"], 3), _f(ref["distinct_4"], 3),
+                                    _f(ref["repetition_4"], 3), *extra_cells(ref)]) + " |")
     for name, m in models.items():
         for s in m["samples"]:
             cells = [name, s["setting"], _f(s["nfe_per_batch"], 0), _f(s["tokens_per_s"], 0),
                      _f(s.get("single_tokens_per_s"), 0), _f(s["seconds_per_sample"], 3), _f(s["peak_memory_mb"], 0),
                      _f(s["judge_ppl"]), _f(s["unigram_entropy"], 3), _f(s["distinct_4"], 3),
-                     _f(s["repetition_4"], 3)]
+                     _f(s["repetition_4"], 3), *extra_cells(s)]
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    tops = [line for line in (headline(tok), headline(tok, "single_tokens_per_s")) if line]
-    lines += [f"- {line}" for line in tops + ratios(tok)] + [""]
+    tops = [headline(tok, speed, judge) for judge in (None, *others)
+            for speed in ("tokens_per_s", "single_tokens_per_s")]
+    lines += [f"- {line}" for line in [t for t in tops if t] + ratios(tok)] + [""]
     return "\n".join(lines)
+
+
+def judged(sample: dict, judge: str | None = None) -> dict:
+    """A sample row's (or the reference's) quality numbers: the main judge's, or the extra judge `judge`'s."""
+    if judge is None:
+        return sample
+    missing = {"judge_ppl": math.nan, "unigram_entropy": math.nan}
+    return sample.get("other_judges", {}).get(judge, missing)
 
 
 def ratios(tok: dict) -> list[str]:
@@ -101,11 +118,11 @@ def ratios(tok: dict) -> list[str]:
     return out
 
 
-def headline(tok: dict, speed: str = "tokens_per_s", ppl_tolerance: float = 0.10,
+def headline(tok: dict, speed: str = "tokens_per_s", judge: str | None = None, ppl_tolerance: float = 0.10,
              entropy_tolerance: float = 0.02) -> str | None:
     """The speed-up at matched quality: tokens/s (`speed`: batched, or one sequence at a time) of the
     fastest diffusion setting whose judge perplexity is within 10% of the AR baseline's (KV cache)
-    and whose entropy is within 2% of it, over AR's."""
+    and whose entropy is within 2% of it, over AR's. `judge` names an extra judge (default: the main one)."""
     models = tok["models"]
     ar = next((s for s in models.get("ar", {}).get("samples", []) if s["options"].get("cache", True)), None)
     if ar is None or not ar.get(speed):
@@ -113,30 +130,38 @@ def headline(tok: dict, speed: str = "tokens_per_s", ppl_tolerance: float = 0.10
     rows = [(name, s) for name, m in models.items() if name != "ar" for s in m["samples"] if s.get(speed)]
     if not rows:
         return None
-    matched = [(name, s) for name, s in rows if s["judge_ppl"] <= (1 + ppl_tolerance) * ar["judge_ppl"]
-               and abs(s["unigram_entropy"] - ar["unigram_entropy"]) <= entropy_tolerance * ar["unigram_entropy"]]
+    q_ar = judged(ar, judge)
+
+    def ppl(s: dict) -> float:
+        return judged(s, judge)["judge_ppl"]
+
+    def entropy_ok(s: dict) -> bool:
+        h = judged(s, judge)["unigram_entropy"]
+        return abs(h - q_ar["unigram_entropy"]) <= entropy_tolerance * q_ar["unigram_entropy"]
+
+    matched = [(name, s) for name, s in rows if ppl(s) <= (1 + ppl_tolerance) * q_ar["judge_ppl"] and entropy_ok(s)]
     regime = "one sequence at a time" if speed == "single_tokens_per_s" else "batched"
-    base = (f"AR with KV cache: {_f(ar[speed], 0)} tok/s, judge ppl {_f(ar['judge_ppl'])}, "
-            f"entropy {_f(ar['unigram_entropy'], 3)}")
+    by = "" if judge is None else f", judged by {judge}"
+    base = (f"AR with KV cache: {_f(ar[speed], 0)} tok/s, judge ppl {_f(q_ar['judge_ppl'])}, "
+            f"entropy {_f(q_ar['unigram_entropy'], 3)}")
     if matched:
         name, s = max(matched, key=lambda r: r[1][speed])
-        return (f"**headline ({regime}): {s[speed] / ar[speed]:.2f}x AR's tokens/s at matched quality** — "
-                f"{name} {s['setting']}: {_f(s[speed], 0)} tok/s, judge ppl {_f(s['judge_ppl'])}, entropy "
-                f"{_f(s['unigram_entropy'], 3)} ({base})")
-    diverse = [(name, s) for name, s in rows
-               if abs(s["unigram_entropy"] - ar["unigram_entropy"]) <= entropy_tolerance * ar["unigram_entropy"]]
+        return (f"**headline ({regime}{by}): {s[speed] / ar[speed]:.2f}x AR's tokens/s at matched quality** — "
+                f"{name} {s['setting']}: {_f(s[speed], 0)} tok/s, judge ppl {_f(ppl(s))}, entropy "
+                f"{_f(judged(s, judge)['unigram_entropy'], 3)} ({base})")
+    diverse = [(name, s) for name, s in rows if entropy_ok(s)]
     fast_name, fast = max(rows, key=lambda r: r[1][speed])
-    text = (f"**headline ({regime}): no diffusion setting matches AR's quality** (judge ppl within "
+    text = (f"**headline ({regime}{by}): no diffusion setting matches AR's quality** (judge ppl within "
             f"{ppl_tolerance:.0%} and entropy within {entropy_tolerance:.0%}; {base}). ")
     if diverse:
-        name, s = min(diverse, key=lambda r: r[1]["judge_ppl"])
-        text += (f"Closest at AR's entropy: {name} {s['setting']}, judge ppl {_f(s['judge_ppl'])} "
-                 f"({s['judge_ppl'] / ar['judge_ppl']:.2f}x AR's) at {s[speed] / ar[speed]:.2f}x "
+        name, s = min(diverse, key=lambda r: ppl(r[1]))
+        text += (f"Closest at AR's entropy: {name} {s['setting']}, judge ppl {_f(ppl(s))} "
+                 f"({ppl(s) / q_ar['judge_ppl']:.2f}x AR's) at {s[speed] / ar[speed]:.2f}x "
                  "AR's tokens/s; ")
     else:
         text += "No setting is within the entropy tolerance; "
     return text + (f"fastest: {fast_name} {fast['setting']}, {fast[speed] / ar[speed]:.2f}x "
-                   f"AR's tokens/s at judge ppl {_f(fast['judge_ppl'])}")
+                   f"AR's tokens/s at judge ppl {_f(ppl(fast))}")
 
 
 def suite_markdown(results: dict) -> str:

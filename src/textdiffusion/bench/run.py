@@ -17,16 +17,18 @@ from .suites import get_suite
 
 def run_suite(name: str, runs: Path, results_dir: Path, markdown: Path | None, command: str,
               judge: str | None = None, device: str = "cpu", families: list[str] | None = None,
-              tokenizations: list[str] | None = None, overrides: list[str] | None = None, log=print) -> dict:
+              tokenizations: list[str] | None = None, overrides: list[str] | None = None, log=print,
+              extra_judges: tuple[str, ...] = ()) -> dict:
     suite = get_suite(name)
     start = time.perf_counter()
     toks = [t for t in suite.tokenizations if tokenizations is None or t.name in tokenizations]
     results = {"suite": suite.name, "description": suite.description, "date": datetime.date.today().isoformat(),
                "command": command, "machine": machine(), "torch": torch.__version__, "judge": judge or "ar",
+               "extra_judges": list(extra_judges),
                "tokenizations": []}
     for tok in toks:
         results["tokenizations"].append(
-            evaluate_tokenization(suite, tok, runs, overrides or [], judge, device, families, log))
+            evaluate_tokenization(suite, tok, runs, overrides or [], judge, device, families, log, extra_judges))
     results["wall_minutes"] = (time.perf_counter() - start) / 60
     results_dir.mkdir(parents=True, exist_ok=True)
     results["json"] = str(results_dir / f"bench-{suite.name}.json")
