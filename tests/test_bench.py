@@ -76,6 +76,7 @@ def test_suite_trains_measures_and_writes_everything(suite, tmp_path):
         assert other["judge_ppl"] == pytest.approx(s["judge_ppl"], rel=1e-6)
         assert other["unigram_entropy"] == s["unigram_entropy"]
     assert "checkpoint ppl | checkpoint entropy |" in md.read_text()
+    assert (tmp_path / "results" / "bench-test-byte-frontier-checkpoint.png").is_file()  # its own frontier plot
     assert any("trained already" in line for line in logs)
     # a partial rerun (one family) updates its rows and keeps the others
     run_suite("test", tmp_path / "runs", tmp_path / "results", md, "bench test --family mdlm", families=["mdlm"],

@@ -219,27 +219,37 @@ def plot(results: dict, folder: Path) -> list[Path]:
         fig.savefig(paths[-1], dpi=120)
         plt.close(fig)
 
-        fig, ax = plt.subplots(figsize=(10, 7))
-        colors, markers = plt.get_cmap("tab20").colors, "osD^v<>ph*X"
-        series = [(name, sampler) for name, m in tok["models"].items()
-                  for sampler in dict.fromkeys(s["sampler"] for s in m["samples"])]  # one per family and sampler
-        for i, (name, sampler) in enumerate(series):
-            points = [s for s in tok["models"][name]["samples"] if s["sampler"] == sampler]
-            label = name if sampler in ("ancestral", "ar", name) else f"{name} {sampler}"
-            family = list(tok["models"]).index(name)
-            ax.plot([s["tokens_per_s"] for s in points], [s["judge_ppl"] for s in points], ls="none", ms=7,
-                    marker=markers[family % len(markers)], color=colors[i % len(colors)], label=label)
-            for s in points:
-                ax.annotate(f"{s['setting']}\nH={s['unigram_entropy']:.2f}", (s["tokens_per_s"], s["judge_ppl"]),
-                            fontsize=6, textcoords="offset points", xytext=(4, 4))
         ref = tok["reference"]
-        ax.axhline(ref["judge_ppl"], color="gray", ls=":", label=f"validation text (H={ref['unigram_entropy']:.2f})")
-        ax.set(xscale="log", yscale="log", xlabel="tokens/s (log)", ylabel=f"judge perplexity ({ref['judge']}, log)",
-               title=f"{results['suite']} / {tok['tokenization']}: speed vs quality")
-        ax.legend(fontsize=7, ncol=2)
-        ax.grid(alpha=0.3)
-        paths.append(folder / f"{stem}-frontier.png")
-        fig.tight_layout()
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        for judge in (None, *ref.get("other_judges", {})):
+            suffix = "" if judge is None else "-" + re.sub(r"[^A-Za-z0-9.]+", "-", judge)
+            paths.append(folder / f"{stem}-frontier{suffix}.png")
+            _frontier(plt, results, tok, judge, paths[-1])
     return paths
+
+
+def _frontier(plt, results: dict, tok: dict, judge: str | None, path: Path) -> None:
+    """Judge perplexity (main judge, or the extra judge `judge`) against tokens/s, entropy on each point."""
+    fig, ax = plt.subplots(figsize=(10, 7))
+    colors, markers = plt.get_cmap("tab20").colors, "osD^v<>ph*X"
+    series = [(name, sampler) for name, m in tok["models"].items()
+              for sampler in dict.fromkeys(s["sampler"] for s in m["samples"])]  # one per family and sampler
+    for i, (name, sampler) in enumerate(series):
+        points = [s for s in tok["models"][name]["samples"] if s["sampler"] == sampler]
+        label = name if sampler in ("ancestral", "ar", name) else f"{name} {sampler}"
+        family = list(tok["models"]).index(name)
+        ax.plot([s["tokens_per_s"] for s in points], [judged(s, judge)["judge_ppl"] for s in points], ls="none",
+                ms=7, marker=markers[family % len(markers)], color=colors[i % len(colors)], label=label)
+        for s in points:
+            q = judged(s, judge)
+            ax.annotate(f"{s['setting']}\nH={q['unigram_entropy']:.2f}", (s["tokens_per_s"], q["judge_ppl"]),
+                        fontsize=6, textcoords="offset points", xytext=(4, 4))
+    q = judged(tok["reference"], judge)
+    ax.axhline(q["judge_ppl"], color="gray", ls=":", label=f"validation text (H={q['unigram_entropy']:.2f})")
+    ax.set(xscale="log", yscale="log", xlabel="tokens/s (log)",
+           ylabel=f"judge perplexity ({judge or tok['reference']['judge']}, log)",
+           title=f"{results['suite']} / {tok['tokenization']}: speed vs quality")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
