@@ -89,10 +89,10 @@ def evaluate_tokenization(suite: Suite, tok, root: Path, overrides: list[str], j
         examples = val[: suite.infill_examples]
         for span in suite.infill_spans:
             res = evaluate_infill(pipe, examples, span, seed=0, t_samples=suite.t_samples,
-                                  batch_size=suite.sample_batch)
+                                  batch_size=suite.sample_batch, **fam.infill)
             row["infill"].append({"span": span, "nll": res.nll.nats_per_token, "nll_stderr": res.nll.stderr,
                                   "exact": res.nll.exact, "accuracy": res.accuracy, "examples": res.n_examples,
-                                  "sampler": res.sampler})
+                                  "sampler": res.sampler, "sampler_options": fam.infill})
             log(f"    infill span {span}: NLL {res.nll.nats_per_token:.3f}, accuracy {res.accuracy:.3f}")
         for setting in fam.settings:
             req = MeasureRequest(model=str(folders[name]), sampler=setting.sampler, options=dict(setting.options),
