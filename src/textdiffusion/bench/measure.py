@@ -48,6 +48,13 @@ class MeasureResult:
 
 
 def _peak_rss_mb() -> float:
+    # Linux: VmHWM is this process's own high-water mark; ru_maxrss would keep the parent's across exec
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
 
