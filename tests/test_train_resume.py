@@ -127,6 +127,33 @@ def test_half_resume_half_equals_straight_run(tmp_path, corpus, dropout):
     assert by_step(ma, "sample") == by_step(mb, "sample")
 
 
+def test_metrics_hold_each_step_once_after_a_kill_between_saves(tmp_path, corpus):
+    """A run killed two steps after its last save logged steps the resumed run logs again; a run started
+    fresh in a folder with a stale metrics file starts a new curve."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "metrics.jsonl").write_text('{"step": 99, "loss": 1.0}\n{"step": 7, "lo')  # stale, cut short
+    trainer = Trainer(make_cfg(tmp_path / "b", corpus))
+    real_log = trainer._log
+
+    def log_then_die(row):
+        real_log(row)
+        if row.get("step") == HALF + 2 and "loss" in row:
+            raise Interrupted
+
+    trainer._log = log_then_die
+    with pytest.raises(Interrupted):
+        trainer.run()
+    assert [r["step"] for r in metrics(tmp_path / "b") if "loss" in r] == list(range(1, HALF + 3))
+    Trainer(make_cfg(tmp_path / "b", corpus), resume=True).run()
+    straight = Trainer(make_cfg(tmp_path / "a", corpus)).run().parent
+
+    rows_a, rows_b = metrics(straight), metrics(tmp_path / "b")
+    assert [r["step"] for r in rows_b if "loss" in r] == list(range(1, STEPS + 1))
+    assert [(r["step"], sorted(r)) for r in rows_b] == [(r["step"], sorted(r)) for r in rows_a]
+    assert [r["loss"] for r in rows_b if "loss" in r] == pytest.approx([r["loss"] for r in rows_a if "loss" in r],
+                                                                       abs=TOL)
+
+
 def test_resume_restores_every_piece_of_state(tmp_path, corpus):
     """Directly: the resumed trainer holds what the saving trainer held, and its next step is the same."""
     cfg = make_cfg(tmp_path, corpus, "model.dropout=0.1")

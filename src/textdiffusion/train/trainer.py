@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -106,6 +107,14 @@ def validation_chunks(cfg: Config, tok: Tokenizer, limit: int) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl row; inf for a line a kill cut short (it is dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
+
+
 class Trainer:
     def __init__(self, cfg: Config, resume: bool = False):
         self.cfg = cfg
@@ -136,6 +145,7 @@ class Trainer:
         self.step, self.tokens_seen, self.elapsed = 0, 0, 0.0
         if resume:
             self._load_state()
+        self._trim_metrics()
         self.ddp = DDP(self.model) if self.info.enabled else self.model
         self.forward_model = torch.compile(self.ddp) if t.compile else self.ddp
 
@@ -254,6 +264,19 @@ class Trainer:
         with self._autocast():
             out = sample(model, self.process, x, sampler_cfg, generator=gen)
         self._log({"step": self.step, "sample": self.tok.decode(out.ids[0].tolist())})
+
+    def _trim_metrics(self) -> None:
+        """Drop metrics rows past the checkpoint (all of them on a fresh start): a run killed between two
+        saves logged steps that the resumed run will log again, and the curve must not hold them twice."""
+        path = self.out_dir / "metrics.jsonl"
+        if not self.info.is_main or not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _logged_step(line) <= self.step]
+        if len(kept) != len(lines):
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, path)
 
     def _log(self, row: dict) -> None:
         if not self.info.is_main:
