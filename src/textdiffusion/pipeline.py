@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .checks import check_int, check_seed, check_text, one_line, resolve_device, state_mismatch
 from .data.tokenizers import Tokenizer, load_tokenizer
 from .errors import UserError
 from .eval.likelihood import LikelihoodResult, nelbo
@@ -24,7 +26,9 @@ from .infill import parse_gaps
 from .models import ModelConfig, Transformer
 from .precision import resolve_precision
 from .processes import DiffusionProcess, build_process
-from .samplers import SAMPLERS, Frame
+from .progress import progress_bar
+from .samplers import SAMPLERS, Frame, check_config
+from .scoring import BLOCK_CHARS, read_text_blocks, score_pieces
 from .train import checkpoint as ckpt
 
 
@@ -36,12 +40,6 @@ class GenerationOutput:
     seconds: float
     frames: list[Frame] = field(default_factory=list)
     fills: list[list[str]] = field(default_factory=list)  # infill only: the text of each gap
-
-
-def _device(name: str | torch.device | None) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class Pipeline:
@@ -57,23 +55,38 @@ class Pipeline:
                         use_ema: bool = True, precision: str = "fp32") -> Pipeline:
         """Load a folder written by `save_pretrained` or by training (EMA weights when present)."""
         folder = ckpt.resolve_model_dir(path)
+        device = resolve_device(device)  # before the weights are read: a wrong device fails at once
         cfg = ckpt.read_config(folder)
+        config_file = folder / ckpt.CONFIG_FILE
         tokenizer = load_tokenizer(folder)
         try:
             model_cfg = ModelConfig(**cfg["model"])
             process_cfg = dict(cfg["process"])
-        except (KeyError, TypeError) as exc:
-            raise UserError(f"{folder / ckpt.CONFIG_FILE} lacks a valid model or process section ({exc})") from exc
+            process_name = process_cfg.pop("name")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{config_file} lacks a valid model or process section ({one_line(exc)}): "
+                            "restore it or re-train") from exc
         model = Transformer(model_cfg)
         weights = folder / (ckpt.EMA_FILE if use_ema and (folder / ckpt.EMA_FILE).is_file() else ckpt.WEIGHTS_FILE)
         state = ckpt.load_weights(weights)
+        mismatch = state_mismatch(model.state_dict(), state)
+        if mismatch:
+            raise UserError(f"{weights} does not match the model in {config_file}: {mismatch}; "
+                            "restore the config.json saved with these weights")
         try:
             model.load_state_dict({k: v.float() for k, v in state.items()})
-        except RuntimeError as exc:
-            raise UserError(f"{weights} does not match the model in config.json: {exc}") from exc
-        process = build_process(process_cfg.pop("name"), vocab_size=tokenizer.vocab_size,
-                                mask_id=tokenizer.mask_id, **process_cfg)
-        return cls(model.to(_device(device)), process, tokenizer, cfg, precision)
+        except RuntimeError as exc:  # torch's report spans many lines
+            raise UserError(f"{weights} does not match the model in {config_file}: {one_line(exc)}") from exc
+        if tokenizer.vocab_size != model_cfg.vocab_size:
+            raise UserError(f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but model.vocab_size in "
+                            f"{config_file} is {model_cfg.vocab_size}: the tokenizer files belong to another model")
+        try:
+            process = build_process(process_name, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
+                                    **process_cfg)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{config_file} has an invalid process section ({one_line(exc)}): "
+                            "restore it or re-train") from exc
+        return cls(model.to(device), process, tokenizer, cfg, precision)
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write config.json, model.safetensors (optionally cast, e.g. to bfloat16) and the tokenizer."""
@@ -108,6 +121,8 @@ class Pipeline:
 
     # ---- sampling -------------------------------------------------------------------------
     def _sampler(self, sampler: str | None) -> tuple[str, type, Callable]:
+        if sampler is not None and not isinstance(sampler, str):
+            raise UserError(f"sampler must be a sampler's name or None, got {sampler!r}")
         sampler = sampler or self.process.default_sampler
         if sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
@@ -123,51 +138,86 @@ class Pipeline:
         return None if getattr(config_cls, "unbounded_length", False) else self.seq_len
 
     def _run_sampler(self, x: torch.Tensor, sampler: str, seed: int | None, return_frames: bool,
-                     on_step: Callable[[Frame], None] | None, options: dict) -> tuple:
+                     on_step: Callable[[Frame], None] | None, options: dict,
+                     progress: bool | None = None) -> tuple:
         sampler, config_cls, fn = self._sampler(sampler)
         options = {k: v for k, v in options.items() if v is not None}
-        known = {f.name for f in dataclasses.fields(config_cls)}
-        unknown = set(options) - known
+        known = {f.name: f for f in dataclasses.fields(config_cls)}
+        unknown = set(options) - set(known)
         if unknown:
             raise UserError(f"sampler {sampler!r} has no option {', '.join(sorted(unknown))}; "
                             f"its options are {', '.join(sorted(known))}")
         if "eos_id" in known and "eos_id" not in options:
             options["eos_id"] = self.tokenizer.eos_id
+        if options.get("cache") is False and isinstance(known["cache"].default, str):
+            options["cache"] = "none"  # samplers whose cache is a kind ("none", "prefix", "dual"): no cache
         cfg = config_cls(**options)
+        check_config(cfg, f"sampler {sampler!r}")
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
+        # in thousandths of the run: every sampler's frames carry t, the fraction of its work left (1 -> 0),
+        # while their step counts mean different things (per block, per window, per token)
+        bar = progress_bar(progress, desc="sampling", total=1000,
+                           bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+        if not bar.disable:
+            user_on_step = on_step
+
+            def on_step(frame: Frame) -> None:
+                done = min(1000, int((1.0 - frame.t) * 1000))
+                if done > bar.n:  # cheap on most steps of a long run
+                    bar.set_postfix_str(f"step {frame.step}", refresh=False)
+                    bar.update(done - bar.n)
+                if user_on_step is not None:
+                    user_on_step(frame)
+
         start = time.perf_counter()
-        with self._autocast():
-            result = fn(self.model, self.process, x.to(self.device), cfg, generator=gen,
-                        record_frames=return_frames, on_step=on_step)
+        try:
+            with self._autocast():
+                result = fn(self.model, self.process, x.to(self.device), cfg, generator=gen,
+                            record_frames=return_frames, on_step=on_step)
+        finally:
+            bar.close()
         return result, time.perf_counter() - start
 
     def denoise(self, x: torch.Tensor, sampler: str | None = None, seed: int | None = None,
                 return_frames: bool = False, on_step: Callable[[Frame], None] | None = None,
-                **sampler_options) -> GenerationOutput:
-        """Run a sampler on token ids `x` [B, L]: [MASK] ids are generated, other ids are kept."""
+                progress: bool | None = None, **sampler_options) -> GenerationOutput:
+        """Run a sampler on token ids `x` [B, L]: [MASK] ids are generated, other ids are kept.
+
+        `progress`: a progress bar on stderr; None shows one only on a terminal and after 2 seconds."""
+        if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.is_complex():
+            raise UserError(f"x must be a tensor of token ids [batch, length], got {type(x).__name__}"
+                            + (f" of {x.dtype}" if isinstance(x, torch.Tensor) else ""))
+        seed = check_seed(seed)
         limit = self.max_length(sampler)
         if x.dim() != 2 or (limit is not None and x.shape[1] > limit) or x.numel() == 0:
             raise UserError(f"x must be [batch, length] with 1 to {limit or 'any number of'} positions, got "
                             f"{tuple(x.shape)}" + ("; samplers 'block' and 'semi_ar' write past the model's length"
                                                    if limit is not None and x.dim() == 2 else ""))
-        result, seconds = self._run_sampler(x.long(), sampler, seed, return_frames, on_step, sampler_options)
+        if x.min() < 0 or x.max() >= self.tokenizer.vocab_size:
+            raise UserError(f"x holds ids outside the vocabulary [0, {self.tokenizer.vocab_size})")
+        result, seconds = self._run_sampler(x.long(), sampler, seed, return_frames, on_step, sampler_options,
+                                            progress)
         ids = result.ids.cpu()
         texts = [self.tokenizer.decode(row.tolist(), mask_char=None) for row in ids]
         return GenerationOutput(texts, ids, result.nfe, seconds, result.frames)
 
     def generate(self, num_samples: int = 1, length: int | None = None, prompt: str | None = None,
                  sampler: str | None = None, seed: int | None = None, return_frames: bool = False,
-                 on_step: Callable[[Frame], None] | None = None, **sampler_options) -> GenerationOutput:
+                 on_step: Callable[[Frame], None] | None = None, progress: bool | None = None,
+                 **sampler_options) -> GenerationOutput:
         """Sample `num_samples` texts of `length` tokens (default: the model's length).
 
         `prompt` fixes the first tokens; `sampler` defaults to the process's own (ancestral for
         masked diffusion, ar for the autoregressive baseline); sampler options (steps, temperature,
-        top_p, cache, ...) go to the sampler's config.
+        top_p, cache, ...) go to the sampler's config. `progress`: a progress bar on stderr (None: only
+        on a terminal, once sampling has taken 2 seconds).
         """
-        length = self.seq_len if length is None else length
-        if num_samples <= 0:
-            raise UserError(f"num_samples must be positive, got {num_samples}")
+        num_samples = check_int("num_samples", num_samples, minimum=1)
+        length = self.seq_len if length is None else check_int("length", length)
+        seed = check_seed(seed)
+        if prompt is not None:
+            check_text("prompt", prompt)
         limit = self.max_length(sampler)
         if length <= 0 or (limit is not None and length > limit):
             raise UserError(f"length must be from 1 to the model's {self.seq_len} tokens, got {length}"
@@ -181,7 +231,7 @@ class Pipeline:
                 raise UserError(f"the prompt is {len(ids)} tokens, which leaves no room in {length}: "
                                 f"shorten it or raise --length (the model's length is {self.seq_len})")
             x[:, : len(ids)] = torch.tensor(ids)
-        return self.denoise(x, sampler, seed, return_frames, on_step, **sampler_options)
+        return self.denoise(x, sampler, seed, return_frames, on_step, progress, **sampler_options)
 
     def encode_gapped(self, text: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Token ids for `text` with [MASK] ids in its gaps, and each gap's (start, end) span.
@@ -189,7 +239,7 @@ class Pipeline:
         BPE tokens carry their leading space, so with a non-byte tokenizer one space just before
         a gap belongs to the gap ("The [MASK]x5 of" lets the gap's first token be " night").
         """
-        parts = parse_gaps(text)
+        parts = parse_gaps(check_text("text", text))
         ids: list[int] = []
         spans: list[tuple[int, int]] = []
         for i, part in enumerate(parts):
@@ -208,12 +258,13 @@ class Pipeline:
 
     def infill(self, text: str, num_samples: int = 1, sampler: str | None = None, seed: int | None = None,
                return_frames: bool = False, on_step: Callable[[Frame], None] | None = None,
-               **sampler_options) -> GenerationOutput:
+               progress: bool | None = None, **sampler_options) -> GenerationOutput:
         """Fill the [MASK] / [MASK]xN gaps of `text` using the context on both sides."""
-        if num_samples <= 0:
-            raise UserError(f"num_samples must be positive, got {num_samples}")
+        num_samples = check_int("num_samples", num_samples, minimum=1)
+        seed = check_seed(seed)
         ids, spans = self.encode_gapped(text)
-        out = self.denoise(ids[None].repeat(num_samples, 1), sampler, seed, return_frames, on_step, **sampler_options)
+        out = self.denoise(ids[None].repeat(num_samples, 1), sampler, seed, return_frames, on_step, progress,
+                           **sampler_options)
         out.fills = [[self.tokenizer.decode(row[a:b].tolist(), mask_char=None) for a, b in spans] for row in out.ids]
         return out
 
@@ -223,35 +274,60 @@ class Pipeline:
         """Per-token NLL of token-id chunks [N, L] (a bound for diffusion, exact for AR).
 
         With `loss_mask`, only those positions are scored, conditioned on the rest (infilling)."""
-        if t_samples <= 0:
-            raise UserError(f"t_samples must be positive, got {t_samples}")
+        if not isinstance(chunks, torch.Tensor) or chunks.dim() != 2 or chunks.numel() == 0 \
+                or chunks.is_floating_point():
+            raise UserError("chunks must be a non-empty tensor of token ids [N, L]")
+        if chunks.shape[1] > self.seq_len:
+            raise UserError(f"chunks are {chunks.shape[1]} tokens long, more than the model's {self.seq_len}")
+        t_samples = check_int("t_samples", t_samples, minimum=1)
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        seed = check_int("seed", seed)
         with self._autocast():
             return nelbo(self.model, self.process, chunks, t_samples=t_samples, batch_size=batch_size,
                          seed=seed, loss_mask=loss_mask)
 
-    def score(self, texts: str | Sequence[str], t_samples: int = 32, seed: int = 0) -> list[LikelihoodResult]:
+    def score(self, texts: str | Sequence[str], t_samples: int = 32, seed: int = 0, batch_size: int = 16,
+              progress: bool | None = None) -> list[LikelihoodResult]:
         """Each text's negative log-likelihood per token: an upper bound (NELBO, Monte Carlo over t)
         for diffusion models, exact for the autoregressive baseline (`result.exact`).
 
-        Texts longer than the model are scored in consecutive windows of its length.
+        Texts longer than the model are cut into consecutive windows of its length, scored
+        `batch_size` windows at a time; `stderr` is the Monte Carlo error of the whole text's bound.
+        For a file, `score_file` reads it piece by piece in bounded memory.
         """
         if isinstance(texts, str):
             texts = [texts]
-        if t_samples <= 0:
-            raise UserError(f"t_samples must be positive, got {t_samples}")
-        results = []
-        for text in texts:
-            ids = self.tokenizer.encode(text)
-            if not ids:
-                raise UserError("cannot score an empty text")
-            windows = [ids[i : i + self.seq_len] for i in range(0, len(ids), self.seq_len)]
-            parts = []
-            for w in windows:
-                chunk = torch.tensor([w], dtype=torch.long)
-                with self._autocast():
-                    parts.append(nelbo(self.model, self.process, chunk, t_samples=t_samples, seed=seed))
-            total = sum(p.nats_per_token * p.n_tokens for p in parts)
-            var = sum((p.stderr * p.n_tokens) ** 2 for p in parts if p.stderr == p.stderr)
-            results.append(LikelihoodResult(total / len(ids), var**0.5 / len(ids), len(ids), parts[0].t_samples,
-                                            parts[0].exact))
-        return results
+        if not isinstance(texts, Sequence) or isinstance(texts, (bytes, bytearray)):
+            raise UserError(f"texts must be a str or a list of str, got {type(texts).__name__}")
+        for i, text in enumerate(texts):
+            check_text(f"texts[{i}]", text)
+        return [self.score_stream([text], t_samples, seed, batch_size, progress, size=len(text)) for text in texts]
+
+    def score_file(self, path: str | Path, t_samples: int = 32, seed: int = 0, batch_size: int = 16,
+                   progress: bool | None = None, block_chars: int = BLOCK_CHARS) -> LikelihoodResult:
+        """`score` of a file's text, read `block_chars` characters at a time: memory stays bounded however
+        large the file. Undecodable bytes count as U+FFFD. The result equals score(path.read_text())."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"file {path} not found")
+        block_chars = check_int("block_chars", block_chars, minimum=1)
+        return score_pieces(self, read_text_blocks(path, block_chars), t_samples, seed, batch_size, progress,
+                            size=os.path.getsize(path), what=f"file {path}")
+
+    def score_stream(self, pieces: Iterable[str], t_samples: int = 32, seed: int = 0, batch_size: int = 16,
+                     progress: bool | None = None, size: int | None = None) -> LikelihoodResult:
+        """`score` of the text that `pieces` make when joined, scored as the pieces arrive: only the
+        current piece and under a batch of windows are held. Cut the pieces before a whitespace that
+        follows a word (as `read_text_blocks` does) so that the tokens are those of the whole text.
+        `size`: the total number of characters, if known, for the progress bar's estimate."""
+        if isinstance(pieces, (str, bytes, bytearray)) or not isinstance(pieces, Iterable):
+            raise UserError(f"pieces must be an iterable of str (e.g. a list or a generator), "
+                            f"got {type(pieces).__name__}")
+
+        def counted() -> Iterator[tuple[str, int]]:
+            read = 0
+            for i, piece in enumerate(pieces):
+                read += len(check_text(f"piece {i}", piece))
+                yield piece, read
+
+        return score_pieces(self, counted(), t_samples, seed, batch_size, progress, size=size, what="the text")

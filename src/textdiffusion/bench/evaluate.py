@@ -66,6 +66,7 @@ def evaluate_tokenization(suite: Suite, tok, root: Path, overrides: list[str], j
             log(f"[{suite.name}/{tok.name}/ar] training (the judge)")
             ar_folder = ensure_trained(run_config(suite, tok, suite.family("ar"), root, overrides), log)
             ar_pipe = Pipeline.from_pretrained(ar_folder, device=device, precision="auto")
+        # scores in fp32 whatever ar_pipe generates in: an extra judge naming the same folder agrees exactly
         judge: Judge = PipelineJudge(ar_pipe, name=f"ar-{tok.name}")
     else:
         judge = load_judge(judge_spec, device=device)

@@ -20,6 +20,25 @@ SPECIALS = ("[PAD]", "[BOS]", "[EOS]", "[MASK]")
 META_FILE = "tokenizer_meta.json"
 
 
+def text_error(text: object, name: str = "text") -> UserError | None:
+    """Why `text` (the argument called `name`) cannot be tokenized, or None if it can.
+
+    Python decodes a command line that is not UTF-8 with surrogateescape: each bad byte becomes a
+    lone surrogate, which no UTF-8 encoder (ours or HF's) accepts."""
+    if not isinstance(text, str):
+        hint = ": decode the bytes first, e.g. data.decode('utf-8', errors='replace')" if isinstance(
+            text, (bytes, bytearray)) else ""
+        return UserError(f"{name} must be a str, got {type(text).__name__}{hint}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
+        return UserError(f"{name} is not valid UTF-8 ({what} at character {exc.start}): "
+                         "pass UTF-8 text, e.g. convert it with iconv -t UTF-8")
+    return None
+
+
 class Tokenizer:
     """Common interface. Subclasses set `vocab_size` and the four special ids."""
 
@@ -79,7 +98,10 @@ class ByteTokenizer(Tokenizer):
         self.vocab_size = 260
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        try:
+            return list(text.encode("utf-8"))
+        except (AttributeError, UnicodeEncodeError):
+            raise text_error(text) from None
 
     def _decode_plain(self, ids: Sequence[int]) -> str:
         return bytes(ids).decode("utf-8", errors="replace")
@@ -104,10 +126,22 @@ class HFTokenizer(Tokenizer):
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
+        try:
+            return self.tok.encode(text, add_special_tokens=False).ids
+        except TypeError:  # HF's only complaint for a non-str or a str that is not valid UTF-8
+            error = text_error(text)
+            if error is None:
+                raise
+            raise error from None
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+        try:
+            return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+        except TypeError:
+            error = next(filter(None, map(text_error, texts)), None)
+            if error is None:
+                raise
+            raise error from None
 
     def _decode_plain(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
@@ -167,13 +201,27 @@ def load_hf_folder(folder: str | Path, kind: str = "hf") -> HFTokenizer:
     if not path.is_file():
         raise UserError(f"no tokenizer.json in {folder}: pass a Hugging Face tokenizer folder, "
                         "or one of: byte, bpe, gpt2")
-    specials = None
     meta = folder / META_FILE
-    if meta.is_file():
-        specials = json.loads(meta.read_text()).get("specials")
-    else:
-        specials = _specials_from_hf_config(folder)
-    return HFTokenizer(HFTok.from_file(str(path)), kind=kind, specials=specials)
+    specials = _read_meta(meta).get("specials") if meta.is_file() else _specials_from_hf_config(folder)
+    try:
+        tok = HFTok.from_file(str(path))
+    except Exception as exc:  # the Rust library raises a bare Exception for every parse error
+        raise UserError(f"{path} is corrupt or not a tokenizers file ({_one_line(exc)}): restore it") from exc
+    return HFTokenizer(tok, kind=kind, specials=specials)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError covers bad JSON and bad UTF-8
+        raise UserError(f"{path} is unreadable or corrupt ({_one_line(exc)}): restore it") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("kind"), str):
+        raise UserError(f"{path} is not a tokenizer description (it needs a \"kind\"): restore it")
+    return meta
 
 
 def _specials_from_hf_config(folder: Path) -> dict[str, str]:
@@ -181,7 +229,12 @@ def _specials_from_hf_config(folder: Path) -> dict[str, str]:
     cfg_path = folder / "tokenizer_config.json"
     if not cfg_path.is_file():
         return {}
-    cfg = json.loads(cfg_path.read_text())
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{cfg_path} is unreadable or corrupt ({_one_line(exc)}): restore it") from exc
+    if not isinstance(cfg, dict):
+        return {}
     out = {}
     for role in ("pad", "bos", "eos", "mask"):
         value = cfg.get(f"{role}_token")
@@ -213,7 +266,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     meta_path = directory / META_FILE
     if not meta_path.is_file():
         raise UserError(f"no {META_FILE} in {directory}: is this a textdiffusion model folder?")
-    meta = json.loads(meta_path.read_text())
+    meta = _read_meta(meta_path)
     if meta["kind"] == "byte":
         return ByteTokenizer()
     return load_hf_folder(directory, kind=meta["kind"])

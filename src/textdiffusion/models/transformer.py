@@ -8,11 +8,13 @@ autoregressive baseline, and `time_conditioning=True` adds adaLN modulation by t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import UserError
 
 
 @dataclass
@@ -27,6 +29,27 @@ class ModelConfig:
     causal: bool = False
     time_conditioning: bool = False
     rope_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        # A model folder's config.json is user input: a string or a zero here would otherwise surface
+        # as a torch TypeError deep inside nn.Linear, or as a shape error far from its cause.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool":
+                ok = isinstance(value, bool)
+                want = "true or false"
+            elif f.type == "int":
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+                want = "a positive integer"
+            else:
+                ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                      and (0 <= value < 1 if f.name == "dropout" else value > 0))
+                want = "a number in [0, 1)" if f.name == "dropout" else "a positive number"
+            if not ok:
+                raise UserError(f"model.{f.name} must be {want}, got {value!r}")
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise UserError(f"model.d_model ({self.d_model}) must split into model.n_heads ({self.n_heads}) heads "
+                            "of even width: pick n_heads dividing d_model with an even quotient")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -177,8 +200,6 @@ class TimeEmbedding(nn.Module):
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.d_model % cfg.n_heads or (cfg.d_model // cfg.n_heads) % 2:
-            raise ValueError("d_model must split into n_heads heads of even width")
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.time_embed = TimeEmbedding(cfg.d_model) if cfg.time_conditioning else None

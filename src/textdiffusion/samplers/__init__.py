@@ -1,7 +1,7 @@
 """Sampling strategies. Each is a config dataclass plus one function; the registry names them."""
 
 from .autoregressive import ARConfig, ar_sample
-from .base import Frame, SampleResult, sample_categorical, select_from_logits
+from .base import Frame, SampleResult, check_config, sample_categorical, select_from_logits
 from .block import BlockConfig, block_sample
 from .confidence import ConfidenceConfig, ThresholdConfig, confidence_sample, threshold_sample
 from .d3pm import D3PMConfig, d3pm_sample
@@ -18,5 +18,22 @@ SAMPLERS.update(confidence=(ConfidenceConfig, confidence_sample), threshold=(Thr
                 block=(BlockConfig, block_sample), semi_ar=(SemiARConfig, semi_ar_sample),
                 remdm=(ReMDMConfig, remdm_sample), first_hitting=(FirstHittingConfig, first_hitting_sample))
 
-__all__ = ["SAMPLERS", "ARConfig", "ar_sample", "AncestralConfig", "Frame", "SampleResult", "ancestral_sample",
+# What `textdiffusion samplers` prints: one line for users (the functions' docstrings are for developers).
+SUMMARIES = {
+    "ancestral": "masked models' default: reveal masked tokens at random over `steps` reverse steps (MDLM)",
+    "ar": "the autoregressive baseline's default: one token at a time, left to right",
+    "d3pm": "D3PM models' default: denoise from the prior over the model's T steps, or `steps` of them",
+    "sedd": "SEDD models' default: `steps` Euler steps, then a final denoising step",
+    "sedd_analytic": "SEDD models: `steps` analytic (Tweedie tau-leaping) steps, then a final denoising step",
+    "confidence": "masked models: each step keeps the most confident tokens, a fixed number per step (LLaDA)",
+    "threshold": "masked models: each step keeps every token more confident than `threshold` (Fast-dLLM)",
+    "block": "block diffusion models' default (and only sampler): one block at a time, left to right; "
+             "writes past the model's length",
+    "semi_ar": "masked models: sliding windows of ancestral sampling, to write past the model's length",
+    "remdm": "masked models: ancestral sampling that may re-mask decoded tokens to correct them (ReMDM)",
+    "first_hitting": "masked models: one exact continuous-time reveal per forward pass (first-hitting sampler)",
+}
+
+__all__ = ["SAMPLERS", "SUMMARIES", "check_config", "ARConfig",
+           "ar_sample", "AncestralConfig", "Frame", "SampleResult", "ancestral_sample",
            "sample_categorical", "select_from_logits"]

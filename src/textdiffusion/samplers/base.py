@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 
 import torch
 
@@ -60,10 +65,53 @@ def store_rows(store: torch.Tensor | None, rows: torch.Tensor | None, out: torch
 def check_sampling_args(steps: int, temperature: float, top_p: float) -> None:
     if not isinstance(steps, int) or steps <= 0:
         raise UserError(f"steps must be a positive integer, got {steps!r}")
-    if temperature < 0:
-        raise UserError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if not math.isfinite(temperature) or temperature < 0:  # nan passes `< 0` and would sample garbage
+        raise UserError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature}")
     if not 0 < top_p <= 1:
         raise UserError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def _allowed(hint: object) -> tuple[type, ...]:
+    """The classes a field's annotation admits: (float,) for `float`, (int, NoneType) for `int | None`."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,) if isinstance(hint, type) else ()
+
+
+def check_config(cfg: object, sampler: str = "the sampler") -> None:
+    """Check every field of a sampler's config dataclass against its annotation, in one place.
+
+    Numbers must be finite (a nan temperature or an inf threshold otherwise samples garbage without a
+    word), integers are not bools or floats, steps >= 1, temperature >= 0, top_p in (0, 1], other
+    integers (block lengths, strides, token ids) >= 0. Checks that need the model stay in the samplers."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, allowed = getattr(cfg, f.name), _allowed(hints.get(f.name))
+        if value is None and type(None) in allowed:
+            continue
+        problem = None
+        if bool in allowed:
+            if not isinstance(value, bool):
+                problem = "true or false"
+        elif int in allowed:
+            if not isinstance(value, Integral) or isinstance(value, bool):
+                problem = "an integer"
+            elif value < (1 if f.name == "steps" else 0):
+                problem = "a positive integer" if f.name == "steps" else "an integer >= 0"
+            else:
+                setattr(cfg, f.name, int(value))  # numpy integers: samplers test isinstance(steps, int)
+        elif float in allowed:
+            if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value):
+                problem = "a finite number"
+            elif f.name == "temperature" and value < 0:
+                problem = "a number >= 0 (0 means greedy)"
+            elif f.name == "top_p" and not 0 < value <= 1:
+                problem = "in (0, 1]"
+        elif str in allowed and not isinstance(value, str):
+            problem = "a string"
+        if problem is not None:
+            none = " (or null)" if type(None) in allowed else ""
+            raise UserError(f"{f.name} must be {problem}{none}, got {value!r} (an option of {sampler})")
 
 
 def select_from_logits(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:

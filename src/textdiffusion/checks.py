@@ -1,0 +1,69 @@
+"""Checks of what users hand the library (devices, integers, seeds, texts, weights): each failure is a
+UserError with one line that says what to do."""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import torch
+
+from .data.tokenizers import text_error
+from .errors import UserError
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """auto, cpu, cuda, cuda:N or mps, checked against what this machine has."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r} needs a CUDA GPU, and this machine or PyTorch build has none: "
+                            "use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} "
+                            "CUDA device(s), cuda:0 onward")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {name!r} needs Apple's MPS, which this machine lacks: use --device cpu (or auto)")
+    return device
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def check_int(name: str, value: object, minimum: int | None = None) -> int:
+    if not isinstance(value, Integral) or isinstance(value, bool):
+        raise UserError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise UserError(f"{name} must be {'positive' if minimum == 1 else f'>= {minimum}'}, got {value}")
+    return int(value)
+
+
+def check_seed(seed: object) -> int | None:
+    if seed is not None and (not isinstance(seed, Integral) or isinstance(seed, bool)):
+        raise UserError(f"seed must be an integer or None, got {seed!r}")
+    return None if seed is None else int(seed)
+
+
+def check_text(name: str, value: object) -> str:
+    error = text_error(value, name)
+    if error is not None:
+        raise error
+    return value
+
+
+def state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """The first difference between a model's tensors and a weights file's, on one line ("" if none)."""
+    problems = [f"tensor {k} is {list(found[k].shape)} in the weights but {list(v.shape)} in the model"
+                for k, v in expected.items() if k in found and found[k].shape != v.shape]
+    problems += [f"tensor {k} is missing from the weights" for k in expected if k not in found]
+    problems += [f"the weights hold tensor {k}, which the model lacks" for k in found if k not in expected]
+    if not problems:
+        return ""
+    return problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
