@@ -107,12 +107,14 @@ class ExactDenoiser(nn.Module):
       context=False   ignore the unmasked tokens: every masked position gets its unconditional marginal
       power           posterior p**power, renormalised (power != 1 is a distorted posterior)
       mask_logit      logit given to [MASK] (-inf by default; a large value checks that callers forbid it)
+    dtype is the logits' (float32 as a network's; float64 for exact-arithmetic checks of the bound).
     At unmasked positions the logits point at a *different* token ((x+1) mod n_values): SUBS must
     carry the input over, so a caller that trusts these logits there gets caught.
     """
 
     def __init__(self, probs: torch.Tensor, n_values: int, length: int, *, context: bool = True,
-                 power: float = 1.0, mask_logit: float = float("-inf"), time_conditioning: bool = False):
+                 power: float = 1.0, mask_logit: float = float("-inf"), time_conditioning: bool = False,
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
         self.n_values, self.length, self.mask_id, self.vocab_size = n_values, length, n_values, n_values + 1
         self.cfg = _Cfg(time_conditioning=time_conditioning)
@@ -133,7 +135,7 @@ class ExactDenoiser(nn.Module):
         wrong = torch.nn.functional.one_hot((patterns + 1) % n_values, n_values).double() * 30.0
         logits = torch.where(masked[..., None], logp, wrong)
         logits = torch.cat([logits, torch.full(logits.shape[:-1] + (1,), mask_logit, dtype=torch.float64)], -1)
-        self.register_buffer("table", logits.float(), persistent=False)  # [P, L, V+1]
+        self.register_buffer("table", logits.to(dtype), persistent=False)  # [P, L, V+1]
 
     def forward(self, ids: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         return self.table[seq_index(ids, self.n_values + 1)]  # advanced indexing: a fresh tensor

@@ -51,10 +51,12 @@ class ExactD3PMDenoiser(nn.Module):
     """logits[b, l, v] = log p_data(x0_l = v | x_t = ids[b]) at the step t = round(t_in * T).
 
     `fixed` positions are clean context (never noised), as `loss_mask` / infilling treat them: their
-    likelihood factor is [x0_l == x_t,l]. Impossible inputs get uniform logits (never queried).
+    likelihood factor is [x0_l == x_t,l]. Impossible inputs get uniform logits (never queried). `dtype`:
+    float32 as a network's, float64 for exact-arithmetic checks. `randomize` turns it into an arbitrary model.
     """
 
-    def __init__(self, probs: torch.Tensor, n_values: int, length: int, process, fixed: Sequence[int] = ()):
+    def __init__(self, probs: torch.Tensor, n_values: int, length: int, process, fixed: Sequence[int] = (),
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
         self.cfg = _Cfg()
         self.dummy = nn.Parameter(torch.zeros(()), requires_grad=False)
@@ -73,8 +75,16 @@ class ExactD3PMDenoiser(nn.Module):
             total = marg.sum(-1, keepdim=True)
             marg = torch.where(total > 0, marg / total.clamp_min(1e-300), torch.full_like(marg, 1.0 / v))
             tables.append(torch.log(marg.clamp_min(1e-300)))
-        self.register_buffer("table", torch.stack(tables).float(), persistent=False)  # [T+1, P, L, V]
+        self.register_buffer("table", torch.stack(tables).to(dtype), persistent=False)  # [T+1, P, L, V]
         self.v = v
+
+    def randomize(self, seed: int, scale: float = 2.0) -> ExactD3PMDenoiser:
+        """Replace the table by logits ~ N(0, scale^2) ([MASK] never predicted): no joint law is behind them."""
+        gen = torch.Generator().manual_seed(seed)
+        table = scale * torch.randn(self.table.shape, generator=gen, dtype=torch.float64)
+        table[..., self.v - 1] = float("-inf")
+        self.table = table.to(self.table.dtype)
+        return self
 
     def forward(self, ids: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         step = (t.double() * self.num_steps).round().long()

@@ -1,13 +1,15 @@
 """torchrun entry point for tests/test_ddp.py: train the tiny preset and record what each rank saw.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py OUT_DIR [section.key=value ...]
+    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py OUT_DIR [--resume]
+        [--stop-after=N] [section.key=value ...]
 
 Rank 0 writes OUT_DIR/checkpoint/ and OUT_DIR/metrics.jsonl as usual. Every rank R also writes
   OUT_DIR/rank{R}.safetensors        its model after the last step (the replicas must agree),
   OUT_DIR/rank{R}.grads.safetensors  the gradient of the first step, after DDP's all-reduce and
                                      before clipping (the "same global batch" claim, before Adam),
   OUT_DIR/rank{R}.json               its world size and the pre-clipping gradient norm of every step.
-test_ddp.py calls `train` in-process for the 1-process reference.
+test_ddp.py calls `train` in-process for the 1-process reference. --resume continues OUT_DIR's checkpoint;
+--stop-after=N stops every rank right after the save at step N (a job killed there), writing no rank files.
 """
 
 from __future__ import annotations
@@ -27,10 +29,23 @@ def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
-def train(out_dir: Path, overrides: list[str]) -> int:
+class Stopped(Exception):
+    """Stands for the job being killed right after a checkpoint was written."""
+
+
+def train(out_dir: Path, overrides: list[str], resume: bool = False, stop_after: int | None = None) -> int:
     """Train the tiny preset with `overrides`; returns this process's rank."""
     out_dir = Path(out_dir)
-    trainer = Trainer(load_config("tiny", [f"run.out_dir={out_dir}", *overrides]))
+    trainer = Trainer(load_config("tiny", [f"run.out_dir={out_dir}", *overrides]), resume=resume)
+    if stop_after is not None:
+        real_save = trainer.save
+
+        def save_then_stop() -> None:
+            real_save()
+            if trainer.step == stop_after:
+                raise Stopped
+
+        trainer.save = save_then_stop
     assert trainer.cfg.train.grad_clip > 0, "the gradient is recorded when the trainer clips it"
     rank, world = trainer.info.rank, trainer.info.world_size
     norms: list[float] = []
@@ -48,6 +63,8 @@ def train(out_dir: Path, overrides: list[str]) -> int:
     torch.nn.utils.clip_grad_norm_ = recording_clip
     try:
         trainer.run()
+    except Stopped:
+        return rank
     finally:
         torch.nn.utils.clip_grad_norm_ = real_clip
     save_file(_cpu(trainer.model.state_dict()), str(out_dir / f"rank{rank}.safetensors"))
@@ -57,4 +74,7 @@ def train(out_dir: Path, overrides: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    train(Path(sys.argv[1]), sys.argv[2:])
+    args = sys.argv[2:]
+    stop = [int(a.split("=", 1)[1]) for a in args if a.startswith("--stop-after=")]
+    train(Path(sys.argv[1]), [a for a in args if not a.startswith("--")], resume="--resume" in args,
+          stop_after=stop[0] if stop else None)

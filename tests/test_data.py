@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from textdiffusion.data.corpus import is_validation, iter_documents
+from textdiffusion.data.corpus import is_validation, iter_documents, plan_split
 from textdiffusion.data.packing import ChunkBatches, StreamBatches, iter_chunks, pack_tensor
 from textdiffusion.errors import UserError
 
@@ -33,6 +33,35 @@ def test_bundled_shakespeare_split_is_fixed():
     train_first = next(iter_documents("shakespeare", "train"))
     assert 1 <= len(val) <= 6 and train_first not in val
     assert any("Pericles" in v or "PERICLES" in v for v in val)  # the split of seed 0, used by benchmarks
+
+
+def test_bundled_shakespeare_is_split_by_document_as_before():
+    plan = plan_split("shakespeare", count=True)
+    assert not plan.by_position and plan.documents == 43 and 1 <= plan.val_documents <= 6
+    assert plan.describe("shakespeare") == (f"validation: {plan.val_documents} of 43 documents of shakespeare, "
+                                            "by a seeded hash (data.val_fraction=0.05, data.split_seed=0)")
+    quick = plan_split("shakespeare")  # stops reading once both sides have a document
+    assert not quick.by_position and quick.documents is None
+
+
+def test_too_few_documents_for_the_hash_split_are_split_by_position(tmp_path):
+    texts = {"a.txt": "alpha " * 50, "b.md": "beta " * 80}
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text)
+    assert not any(is_validation(name, 0, 0.05) for name in texts)  # the hash would leave validation empty
+    plan = plan_split(str(tmp_path), 0.05, count=True)
+    assert plan.by_position and plan.documents == 2
+    train = list(iter_documents(str(tmp_path), "train", 0.05, plan=plan))
+    val = list(iter_documents(str(tmp_path), "validation", 0.05, plan=plan))
+    assert [t + v for t, v in zip(train, val)] == list(texts.values())
+    assert [len(v) for v in val] == [int(len(t) * 0.05) for t in texts.values()] == [15, 20]
+    assert plan.describe(str(tmp_path)) == (f"validation: the last 5% of each of the 2 documents of {tmp_path} by "
+                                            "position (35 of 700 characters), as 2 documents are too few to split "
+                                            "by document")
+    # a seed whose hash puts a document on each side splits by document again
+    seed = next(s for s in range(100) if is_validation("a.txt", s, 0.5) != is_validation("b.md", s, 0.5))
+    assert not plan_split(str(tmp_path), 0.5, seed).by_position
+    assert len(list(iter_documents(str(tmp_path), "validation", 0.5, seed))) == 1
 
 
 def test_sources_txt_folder_parquet_and_errors(tmp_path):

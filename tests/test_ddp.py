@@ -146,3 +146,28 @@ def test_block_diffusion_ddp_matches_one_process(tmp_path, overrides):
         assert train(tmp_path / "single", block) == 0
     torchrun(2, tmp_path / "ddp", block)
     assert_same_training(tmp_path / "single", tmp_path / "ddp", world=2, label="block diffusion, 2 processes")
+
+
+def test_two_process_resume_after_a_kill_between_the_renames(tmp_path, overrides, single):
+    """Rank 0 alone clears a killed save's leftovers and puts .checkpoint.old back, the other rank waits for it,
+    and the resumed 2-process run ends where the straight 1-process run does."""
+    run = tmp_path / "ddp"
+    torchrun(2, run, [*overrides, "run.save_every=2", "--stop-after=2"])
+    assert json.loads((run / "checkpoint" / ckpt.CONFIG_FILE).read_text())["trained"]["steps"] == 2
+    os.replace(run / "checkpoint", run / ".checkpoint.old")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / f".checkpoint.tmp-{dead.pid}").mkdir()
+    torchrun(2, run, [*overrides, "run.save_every=2", "--resume"])
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".checkpoint")) == []
+    assert json.loads((run / "checkpoint" / ckpt.CONFIG_FILE).read_text())["trained"]["steps"] == STEPS
+
+    def diff(name: str) -> float:
+        return max_diff(load_file(single / "checkpoint" / name), load_file(run / "checkpoint" / name))
+
+    ref_loss, run_loss = losses(single), losses(run)
+    weights, ema = diff(ckpt.WEIGHTS_FILE), diff(ckpt.EMA_FILE)
+    loss = max(abs(ref_loss[s] - run_loss[s]) for s in ref_loss)
+    print(f"2 processes, resumed at step 2: max |diff| weights {weights:.3g}, ema {ema:.3g}, losses {loss:.3g}")
+    assert sorted(run_loss) == sorted(ref_loss) == list(range(1, STEPS + 1))
+    assert weights <= TOL and ema <= TOL and loss <= TOL

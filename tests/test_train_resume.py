@@ -225,7 +225,8 @@ def test_resume_with_a_different_model_shape_is_a_user_error(tmp_path, corpus, b
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
-@pytest.mark.parametrize("name", [ckpt.WEIGHTS_FILE, ckpt.EMA_FILE, ckpt.STATE_FILE, ckpt.CONFIG_FILE])
+@pytest.mark.parametrize("name", [ckpt.WEIGHTS_FILE, ckpt.EMA_FILE, ckpt.STATE_FILE, ckpt.STATE_TENSORS_FILE,
+                                  ckpt.CONFIG_FILE])
 def test_corrupt_checkpoint_file_is_a_user_error_naming_it(tmp_path, corpus, base_run, name, damage):
     run = copy_run(base_run, tmp_path / "run")
     path = run / "checkpoint" / name
@@ -308,9 +309,12 @@ def test_crash_between_the_two_renames_resumes_from_the_old_folder(tmp_path, cor
     monkeypatch.undo()
     assert calls[0] == ("checkpoint", ".checkpoint.old")
     assert not (run / "checkpoint").exists() and snapshot(run / ".checkpoint.old") == before
+    assert (run / f".checkpoint.tmp-{os.getpid()}").is_dir()  # the finished new folder, never renamed in
 
     resumed = Trainer(make_cfg(run, corpus), resume=True)
     assert resumed.step == 2
+    assert snapshot(run / "checkpoint") == before  # the old copy is back in place, the temp folder gone
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".checkpoint")) == []
     resumed.train_step()
     resumed.save()  # the next save puts a complete checkpoint/ back and drops the old copy
     assert ckpt.load_trainer_state(run / "checkpoint")["step"] == 3

@@ -9,7 +9,9 @@ A source is one of:
   hf:NAME[:CONFIG]        a Hugging Face dataset, streamed (NAME may be a local dataset folder)
 
 The split is decided per document by a seeded hash of its key (file path and row), so it never
-overlaps, needs no pass over the data, and works the same for streams of unknown length.
+overlaps, needs no pass over the data, and works the same for streams of unknown length. A local
+source with too few documents for that (the hash puts all of them on one side, e.g. a lone .txt
+file) is split by position instead: the last `val_fraction` of each document is validation.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
@@ -31,15 +34,89 @@ def is_validation(key: str, seed: int, val_fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
 
 
-def iter_documents(source: str, split: str = "train", val_fraction: float = 0.05, seed: int = 0,
-                   text_field: str = "text", hf_split: str = "train") -> Iterator[str]:
-    """Yield the documents of `split` ('train', 'validation' or 'all') from `source`, lazily."""
-    if split not in ("train", "validation", "all"):
-        raise UserError(f"unknown split {split!r}: use train, validation or all")
+def validation_chars(text: str, val_fraction: float) -> int:
+    """How many characters at the end of `text` are validation when a source is split by position."""
+    return int(len(text) * val_fraction)
+
+
+@dataclass(frozen=True)
+class Split:
+    """How a source divides into training and validation text (see plan_split)."""
+
+    by_position: bool  # True: the last val_fraction of each document; False: whole documents by hash
+    val_fraction: float
+    seed: int
+    documents: int | None = None  # non-empty documents, where counted
+    val_documents: int | None = None  # of them, validation (split by document)
+    chars: int | None = None  # characters of all documents, and of their validation ends (by position)
+    val_chars: int | None = None
+    first: str = ""  # the key of the first document: the file name of a lone file
+
+    def describe(self, source: str) -> str:
+        """One line for the training log."""
+        percent = f"{self.val_fraction * 100:g}%"
+        if self.by_position:
+            n = self.documents or 0
+            what = self.first if n == 1 else f"each of the {n:,} documents of {source}"
+            return (f"validation: the last {percent} of {what} by position ({self.val_chars:,} of {self.chars:,} "
+                    f"characters), as {n:,} document{'s are' if n != 1 else ' is'} too few to split by document")
+        how = f"data.val_fraction={self.val_fraction:g}, data.split_seed={self.seed}"
+        if self.documents is None:
+            return f"validation: about {percent} of the documents of {source}, by a seeded hash ({how})"
+        return (f"validation: {self.val_documents:,} of {self.documents:,} documents of {source}, "
+                f"by a seeded hash ({how})")
+
+
+def plan_split(source: str, val_fraction: float = 0.05, seed: int = 0, text_field: str = "text",
+               hf_split: str = "train", count: bool = False) -> Split:
+    """Split by document where the seeded hash puts at least one document on each side, else by position.
+
+    Reads documents until it has seen one of each side (at once for a large corpus), or all of them with
+    `count`. A Hugging Face stream is always split by document: deciding otherwise would need a pass over it."""
+    if source.startswith("hf:"):
+        return Split(False, val_fraction, seed)
+    n = n_val = chars = val_chars = 0
+    first = ""
+    complete = True
     for key, text in _iter_keyed(source, text_field, hf_split):
         if not text:
             continue
-        if split == "all" or is_validation(key, seed, val_fraction) == (split == "validation"):
+        first = first or key
+        n += 1
+        n_val += is_validation(key, seed, val_fraction)
+        chars += len(text)
+        val_chars += validation_chars(text, val_fraction)
+        if not count and 0 < n_val < n:
+            complete = False
+            break
+    if 0 < n_val < n:
+        if not complete:
+            return Split(False, val_fraction, seed)
+        return Split(False, val_fraction, seed, documents=n, val_documents=n_val)
+    return Split(True, val_fraction, seed, documents=n, chars=chars, val_chars=val_chars, first=first)
+
+
+def iter_documents(source: str, split: str = "train", val_fraction: float = 0.05, seed: int = 0,
+                   text_field: str = "text", hf_split: str = "train", plan: Split | None = None) -> Iterator[str]:
+    """Yield the documents of `split` ('train', 'validation' or 'all') from `source`, lazily.
+
+    `plan` is plan_split's answer for the same source (it then sets val_fraction and seed); without it,
+    the split is planned here, which reads the source's first documents once more."""
+    if split not in ("train", "validation", "all"):
+        raise UserError(f"unknown split {split!r}: use train, validation or all")
+    if split != "all" and plan is None:
+        plan = plan_split(source, val_fraction, seed, text_field, hf_split)
+    for key, text in _iter_keyed(source, text_field, hf_split):
+        if not text:
+            continue
+        if split == "all":
+            yield text
+        elif plan.by_position:
+            cut = len(text) - validation_chars(text, plan.val_fraction)
+            part = text[cut:] if split == "validation" else text[:cut]
+            if part:
+                yield part
+        elif is_validation(key, plan.seed, plan.val_fraction) == (split == "validation"):
             yield text
 
 

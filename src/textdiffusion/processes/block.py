@@ -1,10 +1,14 @@
 """Block diffusion: BD3-LM (Arriola et al., 2025) -- autoregressive over blocks, masked diffusion within.
 
 A sequence of L tokens is cut into blocks of `block_size` B. The likelihood factorises over blocks,
-log p(x) = sum_b log p(x^b | x^{<b}), and each factor gets MDLM's bound with its own noise level
-t_b (BD3-LM eq. 5-6):
+log p(x) = sum_b log p(x^b | x^{<b}), and each factor gets MDLM's bound (`masked.py`: reconstruction at
+t_min + diffusion integral over [t_min, 1] + prior) with its own noise sample s_b ~ U[0, 1] (BD3-LM eq. 5-6,
+completed with the t < t_min term):
 
-    NELBO = sum_b E_{t_b} [ -alpha'(t_b)/(1-alpha(t_b)) * sum_{l in b, masked} -log p(x0_l | x_t^b, x^{<b}) ].
+    NELBO = sum_b E_{s_b} [ w(s_b) * sum_{l in b, masked at max(s_b, t_min)} -log p(x0_l | x_t^b, x^{<b}) ] + P,
+
+w(s) = -alpha'(s)/(1-alpha(s)) for s >= t_min and 1/t_min below (the reconstruction term), P = alpha(1)
+log(V - 1) per token (0 for alpha(1) = 0).
 
 Training evaluates every block in one forward pass over the 2L-token input [x_t ; x0] with the
 vectorised block-causal mask of the paper (Sec. 3.2, Fig. 2): a noisy token attends to its own
@@ -17,8 +21,8 @@ right of that block is invisible to a block model (as to AR), so its infill numb
 ones.
 
 The clipped schedule (Sec. 5.2) draws the training mask rate from U[mask_rate_min, mask_rate_max]
-instead of U[0, 1]: it lowers the gradient variance; evaluation always uses the full range, so the
-reported numbers stay a bound.
+instead of U[0, 1] (and drops the reconstruction term): it lowers the gradient variance; evaluation
+always uses the full range, so the reported numbers stay a bound. Unclipped, training uses the bound.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from torch import nn
 
 from ..errors import UserError
 from .base import register
-from .masked import MaskedDiffusion
+from .masked import MaskedDiffusion, masked_nll
 
 
 def block_ids(length: int, block_size: int, device=None) -> torch.Tensor:
@@ -89,10 +93,12 @@ class BlockDiffusion(MaskedDiffusion):
         return (low + (high - low) * u).view(shape)
 
     def sample_noise(self, x0, generator=None):
-        return {"t": self._block_t(x0, self.t_min, 1.0, generator),
+        return {"t": self._block_t(x0, 0.0, 1.0, generator),  # s_b ~ U[0, 1]: below t_min, reconstruction
                 "u": torch.rand(x0.shape, device=x0.device, generator=generator)}
 
     def train_noise(self, x0, generator=None):
+        if (self.mask_rate_min, self.mask_rate_max) == (0.0, 1.0):
+            return self.sample_noise(x0, generator)
         low = max(self.t_min, self.mask_rate_min)
         high = max(low, self.mask_rate_max)
         return {"t": self._block_t(x0, low, high, generator),
@@ -120,13 +126,13 @@ class BlockDiffusion(MaskedDiffusion):
 
     def nelbo_per_sequence(self, model: nn.Module, x0: torch.Tensor, noise: dict[str, torch.Tensor],
                            loss_mask: torch.Tensor | None = None) -> torch.Tensor:
-        t = self.token_t(noise["t"], x0.shape[1])
-        masked = noise["u"] >= self.schedule.alpha(t)
+        """One-sample unbiased estimate of each sequence's NELBO (the module notes), [B], in nats."""
+        s = self.token_t(noise["t"], x0.shape[1])
+        masked = noise["u"] >= self.schedule.alpha(self.noise_level(s))
         if loss_mask is not None:
             masked &= loss_mask
         xt = torch.where(masked, torch.full_like(x0, self.mask_id), x0)
-        logits = self.denoiser_logits(model, xt, x0).float()
-        logits[..., self.mask_id] = float("-inf")
-        nll = -torch.log_softmax(logits, dim=-1).gather(-1, x0[..., None]).squeeze(-1)
-        nll = torch.where(masked, nll, torch.zeros_like(nll))
-        return (self.schedule.nelbo_weight(t) * nll).sum(dim=1)
+        nll = masked_nll(self.denoiser_logits(model, xt, x0), x0, masked, self.mask_id)
+        n_scored = x0.shape[1] if loss_mask is None else loss_mask.sum(1)
+        # per block: -log p(x^b | x^{<b}) <= (R) + int_{t_min}^1 w(t) E[sum_masked -log p] dt + (P) (masked.py)
+        return (self.bound_weight(s) * nll).sum(dim=1) + self.prior_nats * n_scored

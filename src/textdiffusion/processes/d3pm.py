@@ -3,7 +3,8 @@
 Forward: q(x_t | x_{t-1}) = Cat(x_{t-1} Q_t), t = 1..T, independently per token, so that
 q(x_t | x0) = Cat(x0 Qbar_t) with Qbar_t = Q_1 ... Q_t. The transitions (`transition`: absorbing, uniform,
 embedding), their closed forms and the schedules (`beta_schedule`) are in `d3pm_transitions.py`. Every
-schedule ends exactly at the stationary law, so q(x_T | x0) is the prior and the prior term L_T is exactly 0.
+schedule ends exactly at the stationary law, so q(x_T | x0) is the prior and the prior term L_T is exactly 0
+(checked for every transition and schedule in tests/test_nelbo_bound.py).
 
 Reverse (x0-parameterisation): the network gives p~(x0 | x_t) (the model sees the noise level t/T), and
     p(x_s | x_t) = sum_x0 q(x_s | x_t, x0) p~(x0 | x_t)
@@ -226,8 +227,10 @@ class D3PM(DiffusionProcess):
 
     # ---- reverse process ------------------------------------------------------------------
     def model_log_probs(self, model: nn.Module, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """log p~(x0 | x_t) in float32, [B, L, V]; [MASK] is never a prediction. The model sees t/T."""
-        logits = model(xt, t.float() / self.num_steps).float()
+        """log p~(x0 | x_t) in float32 (float64 for a float64 model), [B, L, V]; [MASK] is never a prediction.
+        The model sees t/T."""
+        logits = model(xt, t.float() / self.num_steps)
+        logits = logits.double() if logits.dtype == torch.float64 else logits.float()
         logits[..., self.mask_id] = NEG
         return log_normalize(logits)
 

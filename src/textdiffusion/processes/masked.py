@@ -3,10 +3,30 @@
 Forward: each token is independently kept with probability alpha(t), else replaced by [MASK].
 Denoiser: SUBS parameterisation -- [MASK] is never predicted (its logit is -inf) and unmasked
 tokens are carried over unchanged.
-Loss: NELBO = E_t [ -alpha'(t)/(1-alpha(t)) * sum_{l masked} -log p_theta(x0_l | x_t) ] (eq. 10).
+Bound (`nelbo_per_sequence`): the NELBO's reconstruction + diffusion + prior split (MDLM's L_recons +
+L_diffusion + L_prior), with the diffusion term in its continuous-time form on [t_min, 1] (eq. 10 restricted
+to it):
+
+    -log p_theta(x0) <= E_{x_{t_min}} [ sum_{l masked} -log p_theta(x0_l | x_{t_min}) ]                 (R)
+                        + int_{t_min}^1 -alpha'(t)/(1-alpha(t)) E_{x_t} [ sum_{l masked} -log p_theta(x0_l | x_t) ] dt
+                        + KL(q(x_1 | x0) || p(x_1)).                                                      (P)
+
+This holds for any denoiser: p_theta is the reverse chain started at p(x_1), run over [t_min, 1] with the
+SUBS unmasking rates, and ended by the factorised denoising step (R) at t_min. Without (R) the estimate
+is not a bound (for the exact denoiser it falls below -log p_theta(x0) for some x0). One forward pass
+estimates all of it without bias: s ~ U[0, 1]; for s >= t_min the integrand is evaluated at t = s (density 1
+on [t_min, 1], so no 1/(1 - t_min) factor), for s < t_min (probability t_min) the model sees x_{t_min} and
+the sample is (R)'s sum over the masked tokens divided by t_min. For loglinear this is exactly t = max(s, t_min)
+(weight 1/t_min either way). (P) is 0 when alpha(1) = 0; otherwise a token survives to t = 1 with
+probability alpha(1), which a point mass on [MASK] cannot explain, so the prior is (1 - alpha(1)) [MASK]
++ alpha(1) uniform over the V - 1 other tokens, and (P) = alpha(1) log(V - 1) per scored token (the
+samplers start from all [MASK]: a difference of alpha(1) per token, 2e-9 for 'linear', 0 otherwise).
+Training (`loss`) uses the same estimate: the reconstruction branch needs no extra forward pass.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -24,16 +44,32 @@ class MaskedDiffusion(DiffusionProcess):
         self.vocab_size, self.mask_id = vocab_size, mask_id
         self.schedule_name, self.t_min, self.antithetic = schedule, t_min, antithetic
         self.schedule = get_schedule(schedule)
+        alpha_end = max(float(self.schedule.alpha(torch.tensor(1.0, dtype=torch.float64))), 0.0)
+        # (P) per scored token: KL(alpha(1) x0 + (1 - alpha(1)) [MASK] || alpha(1) uniform + (1 - alpha(1)) [MASK])
+        self.prior_nats = alpha_end * math.log(vocab_size - 1) if alpha_end > 0 else 0.0
 
     def config(self) -> dict:
         return {"schedule": self.schedule_name, "t_min": self.t_min, "antithetic": self.antithetic}
 
     def sample_t(self, batch: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """t ~ U[t_min, 1], stratified across the batch (MDLM's low-discrepancy sampler)."""
+        """s ~ U[0, 1], stratified across the batch (MDLM's low-discrepancy sampler). s < t_min selects the
+        reconstruction term (see the module notes); `noise_level` maps s to the time the model sees."""
         u = torch.rand(batch, device=device, generator=generator)
         if self.antithetic:
             u = (u + torch.arange(batch, device=device)) / batch
-        return self.t_min + (1 - self.t_min) * u
+        return u
+
+    def noise_level(self, s: torch.Tensor) -> torch.Tensor:
+        """The time x_t is drawn at and the model sees for a sample s: max(s, t_min)."""
+        return s.clamp_min(self.t_min)
+
+    def bound_weight(self, s: torch.Tensor) -> torch.Tensor:
+        """The weight of the masked tokens' -log p_theta for a sample s ~ U[0, 1]: -alpha'(s)/(1-alpha(s)) for
+        s >= t_min (the diffusion integral), 1/t_min below (the reconstruction term over its probability t_min)."""
+        weight = self.schedule.nelbo_weight(self.noise_level(s))
+        if self.t_min > 0:
+            weight = torch.where(s < self.t_min, torch.full_like(weight, 1.0 / self.t_min), weight)
+        return weight
 
     def sample_noise(self, x0, generator=None):
         return {"t": self.sample_t(x0.shape[0], x0.device, generator),
@@ -55,14 +91,26 @@ class MaskedDiffusion(DiffusionProcess):
 
     def nelbo_per_sequence(self, model: nn.Module, x0: torch.Tensor, noise: dict[str, torch.Tensor],
                            loss_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """One-sample Monte Carlo estimate of each sequence's NELBO at noise["t"], [B], in nats."""
-        t = noise["t"]
+        """One-sample unbiased estimate of each sequence's NELBO (R + diffusion + P, module notes), [B], nats.
+
+        The sample s = noise["t"] ~ U[0, 1]: x_t is drawn at t = max(s, t_min) and weighted by `bound_weight`.
+        """
+        s = noise["t"]
+        t = self.noise_level(s)
         xt, masked = self.corrupt(x0, t, noise["u"], loss_mask)
-        logits = model(xt, t).float()
-        logits[..., self.mask_id] = float("-inf")
-        nll = -torch.log_softmax(logits, dim=-1).gather(-1, x0[..., None]).squeeze(-1)
-        nll = torch.where(masked, nll, torch.zeros_like(nll))
-        return self.schedule.nelbo_weight(t) * nll.sum(dim=1)
+        nll = masked_nll(model(xt, t), x0, masked, self.mask_id)
+        n_scored = x0.shape[1] if loss_mask is None else loss_mask.sum(1)
+        # -log p(x0) <= (R) + int_{t_min}^1 w(t) E[sum_masked -log p] dt + (P): s < t_min samples (R) / t_min
+        return self.bound_weight(s) * nll.sum(dim=1) + self.prior_nats * n_scored
+
+
+def masked_nll(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """-log p_theta(x0_l | x_t) at the masked positions, 0 elsewhere, [B, L]; [MASK] is never a prediction.
+    float32 (float64 if the model computes in float64)."""
+    logits = logits.double() if logits.dtype == torch.float64 else logits.float()
+    logits[..., mask_id] = float("-inf")
+    nll = -torch.log_softmax(logits, dim=-1).gather(-1, x0[..., None]).squeeze(-1)
+    return torch.where(masked, nll, torch.zeros_like(nll))
 
 
 def subs_log_probs(logits: torch.Tensor, xt: torch.Tensor, mask_id: int) -> torch.Tensor:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -95,6 +99,53 @@ class Config:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def validate(self) -> Config:
+        """Check every value against its allowed range before any work starts (a zero seq_len, for one,
+        would otherwise cut the corpus into empty chunks forever); a bad one is a UserError naming the key,
+        the value and the range."""
+        for section, key, ok, allowed in _rules():
+            value = getattr(getattr(self, section), key)
+            try:
+                good = ok(value)
+            except TypeError:  # a wrong type set from Python, e.g. a str where a number belongs
+                good = False
+            if not good:
+                raise UserError(f"{section}.{key} must be {allowed}, got {value!r}")
+        m = self.model
+        if m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2:
+            raise UserError(f"model.n_heads must divide model.d_model ({m.d_model}) into heads of even width, "
+                            f"got {m.n_heads}: e.g. {_heads_hint(m.d_model, m.n_heads)}")
+        if int(m.mlp_ratio * m.d_model) < 1:
+            raise UserError(f"model.mlp_ratio must give an MLP of at least 1 unit (mlp_ratio * d_model >= 1), "
+                            f"got {m.mlp_ratio!r}")
+        t = self.train
+        if t.micro_batch_size and t.batch_size % t.micro_batch_size:
+            raise UserError(f"train.micro_batch_size must be 0 (no accumulation) or divide train.batch_size "
+                            f"({t.batch_size}), got {t.micro_batch_size}")
+        self._validate_process()
+        return self
+
+    def _validate_process(self) -> None:
+        from ..processes import PROCESSES
+
+        p = self.process
+        if p.name not in PROCESSES:
+            raise UserError(f"process.name must be one of {', '.join(sorted(PROCESSES))}, got {p.name!r}")
+        # SEDD's bound has a closed form down to t = 0; the other processes' loss weights diverge there
+        low_ok = p.name == "sedd"
+        if not (_number(p.t_min) and (0 <= p.t_min < 1 if low_ok else 0 < p.t_min < 1)):
+            raise UserError(f"process.t_min must be a number in {'[0, 1)' if low_ok else '(0, 1)'} for process "
+                            f"{p.name!r}, got {p.t_min!r}")
+        accepted = inspect.signature(PROCESSES[p.name].__init__).parameters
+        unknown = [k for k in p.extra if k not in accepted or k in ("self", "vocab_size", "mask_id")]
+        if unknown:
+            known = [k for k in accepted if k not in ("self", "vocab_size", "mask_id")]
+            raise UserError(f"process {p.name!r} has no option {', '.join(unknown)}; its options are "
+                            f"{', '.join(known) or 'none'}")
+        for key, value in p.extra.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"process.{key} must be a finite number, got {value!r}")
+
     @classmethod
     def from_dict(cls, raw: dict) -> Config:
         cfg = cls()
@@ -120,6 +171,11 @@ def _set_field(target, section: str, key: str, value) -> None:
     elif isinstance(current, bool):
         ok = isinstance(value, bool)
     elif isinstance(current, float):
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif isinstance(current, int):
@@ -132,6 +188,89 @@ def _set_field(target, section: str, key: str, value) -> None:
     setattr(target, key, value)
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _text(v) -> bool:
+    return isinstance(v, str) and v.strip() != ""
+
+
+def _source(v) -> bool:
+    from ..data.corpus import BUNDLED
+
+    return _text(v) and (v in BUNDLED or v.startswith("hf:") or Path(v).exists())
+
+
+def _heads_hint(d_model: int, n_heads: int) -> str:
+    """The two head counts nearest to `n_heads` that split `d_model` into heads of even width."""
+    fits = [h for h in range(1, d_model + 1) if d_model % h == 0 and (d_model // h) % 2 == 0]
+    near = sorted(sorted(fits, key=lambda h: (abs(h - n_heads), h))[:2])
+    return " or ".join(f"model.n_heads={h}" for h in near) if near else "an even model.d_model"
+
+
+MAX_SEQ_LEN = 2**20  # positional tables and batches of more than a million tokens per row do not fit anyway
+MAX_SEED = 2**32 - 1  # ChunkBatches derives epoch seeds as seed * 1_000_003 + epoch, which must fit in 64 bits
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _rules() -> list[tuple[str, str, Callable[[object], bool], str]]:
+    from ..data.tokenizers import SPECIALS
+    from ..precision import PRECISIONS
+    from ..schedules import SCHEDULES
+
+    min_vocab = 256 + len(SPECIALS) + 1  # a byte-level BPE's alphabet, its specials and one merge
+    return [
+        ("data", "source", _source, "an existing file or folder, 'shakespeare' or hf:DATASET"),
+        ("data", "tokenizer", lambda v: v in ("byte", "bpe", "gpt2") or (_text(v) and Path(v).is_dir()),
+         "byte, bpe, gpt2 or a folder holding a Hugging Face tokenizer.json"),
+        ("data", "vocab_size", lambda v: _integer(v) and v >= min_vocab, f"an integer >= {min_vocab}"),
+        ("data", "seq_len", lambda v: _integer(v) and 2 <= v <= MAX_SEQ_LEN, f"an integer in [2, {MAX_SEQ_LEN}]"),
+        ("data", "packing", lambda v: v in ("wrap", "pad"), "wrap or pad"),
+        ("data", "val_fraction", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
+        ("data", "split_seed", _integer, "an integer"),
+        ("data", "text_field", _text, "a field name"),
+        ("data", "hf_split", _text, "a split name, e.g. train"),
+        ("data", "streaming", lambda v: isinstance(v, bool), "true or false"),
+        ("model", "d_model", lambda v: _integer(v) and v >= 2, "an integer >= 2"),
+        ("model", "n_layers", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+        ("model", "n_heads", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+        ("model", "mlp_ratio", lambda v: _number(v) and v > 0, "a number > 0"),
+        ("model", "dropout", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        ("model", "time_conditioning", lambda v: isinstance(v, bool), "true or false"),
+        ("process", "schedule", lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+        ("process", "antithetic", lambda v: isinstance(v, bool), "true or false"),
+        ("train", "steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+        ("train", "batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+        ("train", "micro_batch_size", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: no accumulation)"),
+        ("train", "lr", lambda v: _number(v) and v > 0, "a finite number > 0"),
+        ("train", "min_lr_ratio", lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+        ("train", "warmup_steps", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+        ("train", "weight_decay", lambda v: _number(v) and v >= 0, "a finite number >= 0"),
+        ("train", "beta1", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        ("train", "beta2", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        ("train", "grad_clip", lambda v: _number(v) and v >= 0, "a finite number >= 0 (0: no clipping)"),
+        ("train", "ema_decay", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1) (0: no EMA)"),
+        ("train", "precision", lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+        ("train", "compile", lambda v: isinstance(v, bool), "true or false"),
+        ("train", "seed", lambda v: _integer(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+        ("train", "device", lambda v: isinstance(v, str) and DEVICE.fullmatch(v) is not None,
+         "auto, cpu, cuda, cuda:N or mps"),
+        ("run", "out_dir", _text, "a folder path"),
+        ("run", "log_every", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+        ("run", "eval_every", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: never)"),
+        ("run", "eval_batches", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+        ("run", "save_every", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+        ("run", "sample_every", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: only at the end)"),
+        ("run", "sample_steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+        ("run", "progress", lambda v: isinstance(v, bool), "true or false"),
+    ]
+
+
 def presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
@@ -140,13 +279,19 @@ def load_run_config(out_dir: str | Path, overrides: list[str] | None = None) -> 
     """The config a run folder's checkpoint was trained with, then overrides."""
     import json
 
-    path = Path(out_dir) / "checkpoint" / "config.json"
-    if not path.is_file():
+    from .checkpoint import CONFIG_FILE, old_copy
+
+    folder = Path(out_dir) / "checkpoint"
+    # a save killed between its two renames left the checkpoint in .checkpoint.old (resuming puts it back)
+    path = next((d / CONFIG_FILE for d in (folder, old_copy(folder)) if (d / CONFIG_FILE).is_file()), None)
+    if path is None:
         raise UserError(f"nothing to resume in {out_dir}: it has no checkpoint/config.json")
     try:
         raw = json.loads(path.read_text())["train_config"]
-    except (json.JSONDecodeError, KeyError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:  # ValueError covers bad JSON and bad UTF-8
         raise UserError(f"{path} is corrupt or not a training checkpoint ({exc})") from exc
+    if not isinstance(raw, dict) or not all(isinstance(v, dict | None) for v in raw.values()):
+        raise UserError(f"{path} is corrupt: its train_config is not a mapping of config sections")
     return _apply_overrides(Config.from_dict(raw), overrides)
 
 
@@ -175,4 +320,4 @@ def _apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
         if not hasattr(cfg, section):
             raise UserError(f"unknown config section {section!r} in {item!r}")
         _set_field(getattr(cfg, section), section, name, yaml.safe_load(value))
-    return cfg
+    return cfg.validate()

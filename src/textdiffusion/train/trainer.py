@@ -12,6 +12,7 @@ import contextlib
 import copy
 import json
 import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from ..data.corpus import iter_documents
+from ..data.corpus import Split, iter_documents, plan_split
 from ..data.packing import ChunkBatches, StreamBatches, iter_chunks, pack_tensor
 from ..data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from ..errors import UserError
@@ -44,21 +45,28 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _docs(cfg: Config, split: str):
+def plan_data_split(cfg: Config) -> Split:
+    """How cfg's source splits into training and validation; counted unless it is streamed."""
     d = cfg.data
-    return iter_documents(d.source, split, d.val_fraction, d.split_seed, d.text_field, d.hf_split)
+    streamed = d.streaming or d.source.startswith("hf:")
+    return plan_split(d.source, d.val_fraction, d.split_seed, d.text_field, d.hf_split, count=not streamed)
 
 
-def _limited_texts(cfg: Config):
+def _docs(cfg: Config, split: str, plan: Split | None = None):
+    d = cfg.data
+    return iter_documents(d.source, split, d.val_fraction, d.split_seed, d.text_field, d.hf_split, plan)
+
+
+def _limited_texts(cfg: Config, plan: Split | None = None):
     seen = 0
-    for doc in _docs(cfg, "train"):
+    for doc in _docs(cfg, "train", plan):
         yield doc
         seen += len(doc)
         if seen >= BPE_TRAIN_CHARS:
             return
 
 
-def prepare_tokenizer(cfg: Config, out_dir: Path, info: DistInfo) -> Tokenizer:
+def prepare_tokenizer(cfg: Config, out_dir: Path, info: DistInfo, plan: Split | None = None) -> Tokenizer:
     """Rank 0 builds (and for bpe, trains) the tokenizer and saves it; the others load that copy."""
     tok_dir = out_dir / "tokenizer"
     meta = tok_dir / "tokenizer_meta.json"
@@ -70,7 +78,7 @@ def prepare_tokenizer(cfg: Config, out_dir: Path, info: DistInfo) -> Tokenizer:
                             f"{cfg.data.tokenizer!r}: choose another --out")
     if info.is_main and not meta.is_file():
         needs_text = cfg.data.tokenizer == "bpe"
-        tok = build_tokenizer(cfg.data.tokenizer, _limited_texts(cfg) if needs_text else None,
+        tok = build_tokenizer(cfg.data.tokenizer, _limited_texts(cfg, plan) if needs_text else None,
                               cfg.data.vocab_size)
         tok.save(tok_dir)
     barrier(info)
@@ -87,23 +95,29 @@ def model_config(cfg: Config, tok: Tokenizer, process: DiffusionProcess | None =
     return ModelConfig(vocab_size=tok.vocab_size, seq_len=cfg.data.seq_len, causal=causal, **fields)
 
 
-def make_batches(cfg: Config, tok: Tokenizer):
+def make_batches(cfg: Config, tok: Tokenizer, plan: Split | None = None):
     d = cfg.data
     if d.streaming or d.source.startswith("hf:"):
-        return StreamBatches(lambda: iter_chunks(_docs(cfg, "train"), tok, d.seq_len, d.packing),
+        return StreamBatches(lambda: iter_chunks(_docs(cfg, "train", plan), tok, d.seq_len, d.packing),
                              cfg.train.batch_size)
-    chunks = pack_tensor(_docs(cfg, "train"), tok, d.seq_len, d.packing)
+    chunks = pack_tensor(_docs(cfg, "train", plan), tok, d.seq_len, d.packing)
     return ChunkBatches(chunks, cfg.train.batch_size, seed=cfg.train.seed)
 
 
-def validation_chunks(cfg: Config, tok: Tokenizer, limit: int) -> torch.Tensor:
+def validation_chunks(cfg: Config, tok: Tokenizer, limit: int, plan: Split | None = None) -> torch.Tensor:
     rows = []
-    for row in iter_chunks(_docs(cfg, "validation"), tok, cfg.data.seq_len, cfg.data.packing):
+    for row in iter_chunks(_docs(cfg, "validation", plan), tok, cfg.data.seq_len, cfg.data.packing):
         rows.append(row)
         if len(rows) >= limit:
             break
     if not rows:
-        raise UserError("the validation split is empty: raise data.val_fraction or add documents")
+        d = cfg.data
+        if plan is not None and plan.by_position:
+            raise UserError(f"the validation text (the last {d.val_fraction * 100:g}% of each document, "
+                            f"{plan.val_chars:,} characters) yields no chunk of {d.seq_len} tokens: raise "
+                            "data.val_fraction or lower data.seq_len")
+        raise UserError(f"the validation split yields no chunk of {d.seq_len} tokens: raise data.val_fraction, "
+                        "add documents or lower data.seq_len")
     return torch.tensor(rows, dtype=torch.long)
 
 
@@ -117,6 +131,7 @@ def _logged_step(line: str) -> float:
 
 class Trainer:
     def __init__(self, cfg: Config, resume: bool = False):
+        cfg.validate()  # configs built in Python skip load_config: check them before any work too
         self.cfg = cfg
         self.device = pick_device(cfg.train.device)
         self.info = init_distributed(self.device.type)
@@ -126,11 +141,13 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoint"
         self._check_batch()
         self.precision = resolve_precision(cfg.train.precision, self.device)
-        if not resume and (self.ckpt_dir / ckpt.CONFIG_FILE).is_file():
+        saved = (self.ckpt_dir, ckpt.old_copy(self.ckpt_dir))  # .old: a save killed between its renames
+        if not resume and any((d / ckpt.CONFIG_FILE).is_file() for d in saved):
             raise UserError(f"{self.out_dir} already holds a checkpoint: pass --resume to continue it, "
                             "or choose another --out")
         torch.manual_seed(cfg.train.seed)
-        self.tok = prepare_tokenizer(cfg, self.out_dir, self.info)
+        self.split = plan_data_split(cfg)
+        self.tok = prepare_tokenizer(cfg, self.out_dir, self.info, self.split)
         self.process = build_process(cfg.process.name, vocab_size=self.tok.vocab_size, mask_id=self.tok.mask_id,
                                      required=tuple(cfg.process.extra), **cfg.process.options())
         self.model_cfg = model_config(cfg, self.tok, self.process)
@@ -138,9 +155,11 @@ class Trainer:
         t = cfg.train
         self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay, (t.beta1, t.beta2))
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
-        self.batches = make_batches(cfg, self.tok)
+        self.batches = make_batches(cfg, self.tok, self.split)
         # a fixed number of validation chunks, whatever the process count or micro-batch
-        self.val = validation_chunks(cfg, self.tok, cfg.run.eval_batches * t.batch_size)
+        self.val = validation_chunks(cfg, self.tok, cfg.run.eval_batches * t.batch_size, self.split)
+        if self.info.is_main:
+            print(f"data: {self.split.describe(cfg.data.source)}", flush=True)
         self.noise_gen = torch.Generator().manual_seed(t.seed)
         self.step, self.tokens_seen, self.elapsed = 0, 0, 0.0
         if resume:
@@ -152,8 +171,6 @@ class Trainer:
     # ---- set-up helpers -------------------------------------------------------------------
     def _check_batch(self) -> None:
         t, world = self.cfg.train, self.info.world_size
-        if t.steps <= 0:
-            raise UserError(f"train.steps must be positive, got {t.steps}")
         if t.batch_size % world:
             raise UserError(f"train.batch_size {t.batch_size} does not split over {world} processes")
         local = t.batch_size // world
@@ -308,17 +325,19 @@ class Trainer:
             if self.ema is not None:
                 ckpt.save_weights(self.ema.shadow, folder / ckpt.EMA_FILE)
             self.tok.save(folder)
-            torch.save(state, folder / ckpt.STATE_FILE)
+            ckpt.save_trainer_state(state, folder)
 
         ckpt.atomic_folder(self.ckpt_dir, write)
         barrier(self.info)
 
     def _load_state(self) -> None:
-        old = self.out_dir / f".{self.ckpt_dir.name}.old"
-        if not any((d / ckpt.CONFIG_FILE).is_file() for d in (self.ckpt_dir, old)):
+        if self.info.is_main:  # the one writer clears a killed save's leftovers (and puts .old back)
+            ckpt.clean_interrupted_save(self.ckpt_dir)
+        barrier(self.info)
+        folder = self.ckpt_dir
+        if not (folder / ckpt.CONFIG_FILE).is_file():
             raise UserError(f"nothing to resume in {self.out_dir}: no checkpoint there yet "
                             "(start the run without --resume)")
-        folder = ckpt.resolve_model_dir(self.ckpt_dir)
         saved = ckpt.read_config(folder)
         if saved["model"] != self.model_cfg.to_dict():
             raise UserError("the checkpoint's model shape differs from this config: resume with the "
@@ -339,3 +358,23 @@ class Trainer:
 
 def train(cfg: Config, resume: bool = False) -> Path:
     return Trainer(cfg, resume).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m textdiffusion.train.trainer convert-state RUN_FOLDER`: rewrite the trainer_state.pt (a pickle)
+    of a run trained by an earlier version in the format that --resume reads (see ckpt.convert_legacy_state)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "convert-state":
+        print(f"usage: {ckpt.CONVERT_COMMAND} RUN_OR_CHECKPOINT_FOLDER", file=sys.stderr)
+        return 2
+    try:
+        folder = ckpt.convert_legacy_state(args[1])
+    except UserError as exc:
+        print(f"textdiffusion: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    print(f"converted: {folder / ckpt.STATE_FILE} and {folder / ckpt.STATE_TENSORS_FILE}; resume with --resume")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
