@@ -129,3 +129,16 @@ def test_a_fresh_start_refuses_a_run_whose_checkpoint_is_in_the_old_copy(tmp_pat
     with pytest.raises(ValueError, match="already holds a checkpoint"):
         Trainer(make_cfg(run, corpus))
     assert (run / ".checkpoint.old" / ckpt.CONFIG_FILE).is_file()
+
+
+def test_bench_resumes_a_run_killed_between_the_renames(tmp_path, corpus, runs):
+    """bench's ensure_trained reads checkpoint/config.json itself: it must find the old copy too, and
+    resume from it instead of refusing the folder (or retraining over it)."""
+    from textdiffusion.bench.runs import ensure_trained
+
+    run = shutil.copytree(runs[0], tmp_path / "run")
+    os.replace(run / "checkpoint", run / ".checkpoint.old")
+    logged: list[str] = []
+    folder = ensure_trained(make_cfg(run, corpus), log=logged.append)
+    assert "resuming" in logged[0] and "at step 2" in logged[0], logged
+    assert leftovers(run) == [] and step_of(folder) == 8

@@ -21,7 +21,6 @@ from textdiffusion.errors import UserError
 from textdiffusion.train import checkpoint as ckpt
 from textdiffusion.train.config import load_config
 from textdiffusion.train.trainer import Trainer
-from textdiffusion.train.trainer import main as trainer_main
 
 pytestmark = pytest.mark.slow
 
@@ -168,7 +167,7 @@ def test_converting_a_malicious_old_format_state_refuses_it(tmp_path, base_run, 
     folder = as_old_format(run)
     marker = tmp_path / "pwned"
     write_payload(folder / ckpt.LEGACY_STATE_FILE, marker)
-    assert trainer_main(["convert-state", str(run)]) == 2
+    assert main(["convert-state", str(run)]) == 2
     err = one_error_line(capsys)
     assert not marker.exists()
     assert "was not converted: it refers to" in err and "exec" in err, err

@@ -175,6 +175,14 @@ def cmd_train(args) -> None:
     print(f"checkpoint: {folder}")
 
 
+def cmd_convert_state(args) -> None:
+    from .train import checkpoint as ckpt
+
+    folder = ckpt.convert_legacy_state(args.run)
+    print(f"converted: {folder / ckpt.STATE_FILE} and {folder / ckpt.STATE_TENSORS_FILE}; "
+          "continue with `textdiffusion train --out RUN --resume`")
+
+
 def cmd_presets(args) -> None:
     from .train.config import PRESETS_DIR, presets
 
@@ -273,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
                    help="config overrides, e.g. train.steps=500 data.source=my.txt (keys listed below)")
     p.set_defaults(func=cmd_train)
+
+    p = command("convert-state", "make a run trained by an older version resumable",
+                "Rewrite a run's checkpoint/trainer_state.pt (a pickle, which this version never unpickles\n"
+                "because unpickling can run code) as trainer_state.json + trainer_state.safetensors. It reads\n"
+                "the pickle with PyTorch's weights-only loader, which refuses anything but plain data.")
+    p.add_argument("run", metavar="RUN_OR_CHECKPOINT_FOLDER", help="the run folder (or its checkpoint/)")
+    p.set_defaults(func=cmd_convert_state)
 
     p = command("presets", "list the training presets",
                 "List the training presets, each with its one-line description. Train one with\n"

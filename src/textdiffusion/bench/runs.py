@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
+from ..train import checkpoint as ckpt
 from ..train.config import Config, _apply_overrides
 from .suites import Family, Suite, Tokenization
 
@@ -45,6 +46,7 @@ def ensure_trained(cfg: Config, log=print) -> Path:
     from ..train.trainer import Trainer
 
     folder = Path(cfg.run.out_dir) / "checkpoint"
+    ckpt.clean_interrupted_save(folder)  # a kill between the save's renames leaves the run in .checkpoint.old
     config_file = folder / "config.json"
     resume = False
     if config_file.is_file():

@@ -12,7 +12,6 @@ import contextlib
 import copy
 import json
 import os
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -358,23 +357,3 @@ class Trainer:
 
 def train(cfg: Config, resume: bool = False) -> Path:
     return Trainer(cfg, resume).run()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m textdiffusion.train.trainer convert-state RUN_FOLDER`: rewrite the trainer_state.pt (a pickle)
-    of a run trained by an earlier version in the format that --resume reads (see ckpt.convert_legacy_state)."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] != "convert-state":
-        print(f"usage: {ckpt.CONVERT_COMMAND} RUN_OR_CHECKPOINT_FOLDER", file=sys.stderr)
-        return 2
-    try:
-        folder = ckpt.convert_legacy_state(args[1])
-    except UserError as exc:
-        print(f"textdiffusion: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    print(f"converted: {folder / ckpt.STATE_FILE} and {folder / ckpt.STATE_TENSORS_FILE}; resume with --resume")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
