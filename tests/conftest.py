@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -5,6 +7,14 @@ from textdiffusion.data.tokenizers import ByteTokenizer
 from textdiffusion.models import ModelConfig, Transformer
 from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes import MaskedDiffusion
+
+# One intra-op thread per test process (DDP workers and bench subprocesses inherit it through the
+# environment). The tests run tiny tensors, where a second OpenMP thread saves little, but on a busy
+# 2-core machine its spin-waits made the suite 4x slower (6 min vs 1.5; the exact-distribution tests
+# 143 s vs 19 s beside two busy loops); with one thread it stays near its quiet time.
+# Set OMP_NUM_THREADS to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture
