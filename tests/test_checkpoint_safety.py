@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import run_with_checkpoint, tiny_config, write_corpus
 
 from textdiffusion.cli import main
-from textdiffusion.data.corpus import BUNDLED
 from textdiffusion.errors import UserError
 from textdiffusion.train import checkpoint as ckpt
-from textdiffusion.train.config import load_config
 from textdiffusion.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow
@@ -27,18 +26,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    text = (BUNDLED["shakespeare"] / "hamlet_gut.txt").read_text(encoding="utf-8")[20_000:]
-    path = tmp_path_factory.mktemp("corpus") / "hamlet.jsonl"
-    path.write_text("".join(json.dumps({"text": text[i * 400:(i + 1) * 400]}) + "\n" for i in range(120)))
-    return path
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "hamlet.jsonl", n_docs=120)
 
 
 def make_cfg(out_dir: Path, corpus: Path, *extra: str):
-    return load_config("tiny", [
-        f"run.out_dir={out_dir}", "run.progress=false", f"data.source={corpus}", "data.val_fraction=0.1",
-        "data.seq_len=32", "train.steps=8", "train.batch_size=8", "train.warmup_steps=2", "train.precision=fp32",
-        "train.device=cpu", "run.log_every=1", "run.eval_every=4", "run.save_every=4", "run.sample_steps=2",
-        "model.dropout=0.1", *extra])
+    return tiny_config(out_dir, corpus, "model.dropout=0.1", *extra)  # dropout: the RNG state must resume too
 
 
 def legacy_state(trainer: Trainer) -> dict:
@@ -52,12 +44,7 @@ def legacy_state(trainer: Trainer) -> dict:
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory, corpus) -> Path:
     """A run folder with a checkpoint at step 2, to copy and tamper with."""
-    out = tmp_path_factory.mktemp("base")
-    trainer = Trainer(make_cfg(out, corpus))
-    for _ in range(2):
-        trainer.train_step()
-    trainer.save()
-    return out
+    return run_with_checkpoint(tmp_path_factory.mktemp("base"), corpus, 2, "model.dropout=0.1")
 
 
 class Payload:

