@@ -15,6 +15,7 @@ test_ddp.py calls `train` in-process for the 1-process reference. --resume conti
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,10 +30,6 @@ def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
-class Stopped(Exception):
-    """Stands for the job being killed right after a checkpoint was written."""
-
-
 def train(out_dir: Path, overrides: list[str], resume: bool = False, stop_after: int | None = None) -> int:
     """Train the tiny preset with `overrides`; returns this process's rank."""
     out_dir = Path(out_dir)
@@ -41,9 +38,11 @@ def train(out_dir: Path, overrides: list[str], resume: bool = False, stop_after:
         real_save = trainer.save
 
         def save_then_stop() -> None:
-            real_save()
+            real_save()  # every rank leaves it after the save's barrier: the checkpoint is complete
             if trainer.step == stop_after:
-                raise Stopped
+                # a kill: no teardown at all. (Raising instead let both ranks destroy the gloo group at
+                # once, and one of them sometimes aborted in gloo's teardown.)
+                os._exit(0)
 
         trainer.save = save_then_stop
     assert trainer.cfg.train.grad_clip > 0, "the gradient is recorded when the trainer clips it"
@@ -63,8 +62,6 @@ def train(out_dir: Path, overrides: list[str], resume: bool = False, stop_after:
     torch.nn.utils.clip_grad_norm_ = recording_clip
     try:
         trainer.run()
-    except Stopped:
-        return rank
     finally:
         torch.nn.utils.clip_grad_norm_ = real_clip
     save_file(_cpu(trainer.model.state_dict()), str(out_dir / f"rank{rank}.safetensors"))
