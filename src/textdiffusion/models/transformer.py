@@ -17,6 +17,11 @@ from torch import nn
 from ..errors import UserError
 
 
+def splits_into_heads(d_model: int, n_heads: int) -> bool:
+    """Whether `d_model` splits into `n_heads` heads of even width (rotary pairs up each head's features)."""
+    return d_model % n_heads == 0 and (d_model // n_heads) % 2 == 0
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 260
@@ -47,7 +52,7 @@ class ModelConfig:
                 want = "a number in [0, 1)" if f.name == "dropout" else "a positive number"
             if not ok:
                 raise UserError(f"model.{f.name} must be {want}, got {value!r}")
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+        if not splits_into_heads(self.d_model, self.n_heads):
             raise UserError(f"model.d_model ({self.d_model}) must split into model.n_heads ({self.n_heads}) heads "
                             "of even width: pick n_heads dividing d_model with an even quotient")
 

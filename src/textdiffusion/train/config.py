@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
+from ..models.transformer import splits_into_heads
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -112,7 +113,7 @@ class Config:
             if not good:
                 raise UserError(f"{section}.{key} must be {allowed}, got {value!r}")
         m = self.model
-        if m.d_model % m.n_heads or (m.d_model // m.n_heads) % 2:
+        if not splits_into_heads(m.d_model, m.n_heads):
             raise UserError(f"model.n_heads must divide model.d_model ({m.d_model}) into heads of even width, "
                             f"got {m.n_heads}: e.g. {_heads_hint(m.d_model, m.n_heads)}")
         if int(m.mlp_ratio * m.d_model) < 1:
@@ -208,7 +209,7 @@ def _source(v) -> bool:
 
 def _heads_hint(d_model: int, n_heads: int) -> str:
     """The two head counts nearest to `n_heads` that split `d_model` into heads of even width."""
-    fits = [h for h in range(1, d_model + 1) if d_model % h == 0 and (d_model // h) % 2 == 0]
+    fits = [h for h in range(1, d_model + 1) if splits_into_heads(d_model, h)]
     near = sorted(sorted(fits, key=lambda h: (abs(h - n_heads), h))[:2])
     return " or ".join(f"model.n_heads={h}" for h in near) if near else "an even model.d_model"
 
