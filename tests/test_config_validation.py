@@ -11,6 +11,7 @@ import pytest
 
 from textdiffusion.cli import main
 from textdiffusion.errors import UserError
+from textdiffusion.processes import PROCESSES
 from textdiffusion.train.config import Config, load_config, presets
 from textdiffusion.train.trainer import Trainer
 
@@ -43,7 +44,7 @@ BAD = [
     (["model.dropout=1"], "model.dropout", "[0, 1)"),
     (["model.dropout=-0.1"], "model.dropout", "[0, 1)"),
     (["model.time_conditioning=2"], "model.time_conditioning", "must be a bool"),
-    (["process.name=diffusion"], "process.name", "one of autoregressive, block, d3pm, masked, sedd"),
+    (["process.name=diffusion"], "process.name", "one of " + ", ".join(sorted(PROCESSES))),
     (["process.schedule=square"], "process.schedule", "one of loglinear"),
     (["process.t_min=0"], "process.t_min", "(0, 1) for process 'masked'"),
     (["process.t_min=1"], "process.t_min", "got 1.0"),

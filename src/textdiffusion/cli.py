@@ -38,6 +38,9 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                         "Shakespeare MDLM)")
     p.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"],
+                   help="the weights' dtype in memory (default: fp32 for our folders, as stored for outside "
+                        "formats such as LLaDA, Dream or BERT folders; bf16 halves an fp32 model)")
 
 
 def _add_progress(p: argparse.ArgumentParser) -> None:
@@ -90,7 +93,12 @@ def _sampling_options(args) -> dict:
 def _pipeline(args):
     from .pipeline import Pipeline
 
-    return Pipeline.from_pretrained(args.model, device=args.device)
+    pipe = Pipeline.from_pretrained(args.model, device=args.device, dtype=getattr(args, "dtype", None))
+    if "load" in pipe.config:  # outside formats: what the streaming load took (weights, peak memory)
+        from .interop.weights import describe
+
+        print(f"[{describe(pipe.config['load'])}]", file=sys.stderr)
+    return pipe
 
 
 def _show_frames(args, pipe, out) -> None:
@@ -124,6 +132,17 @@ def cmd_infill(args) -> None:
                       **_sampling_options(args))
     for i, (text, fills) in enumerate(zip(out.texts, out.fills)):
         print(f"--- fill {i + 1}: {' | '.join(repr(f) for f in fills)} ---\n{text}")
+    _show_frames(args, pipe, out)
+
+
+def cmd_edit(args) -> None:
+    pipe = _pipeline(args)
+    options = _sampling_options(args)
+    options["steps"] = options.get("steps", 10)
+    out = pipe.edit(args.text, num_samples=args.num_samples, seed=args.seed,
+                    return_frames=bool(args.filmstrip or args.export), progress=args.progress, **options)
+    for i, text in enumerate(out.texts):
+        print(f"--- edit {i + 1} ---\n{text}")
     _show_frames(args, pipe, out)
 
 
@@ -175,6 +194,32 @@ def cmd_train(args) -> None:
     print(f"checkpoint: {folder}")
 
 
+def cmd_adapt(args) -> None:
+    from .train.adapt import AdaptTrainer
+    from .train.config import load_run_config
+
+    if args.resume:  # the adapted run's own saved config
+        cfg = load_run_config(args.out, [*args.overrides])
+    else:  # the AR run's config (data, tokenizer, model shape), as a logit-shifted masked model
+        cfg = load_run_config(args.ar_model, ["process.name=masked", "process.logit_shift=true",
+                                              f"run.out_dir={args.out}", *args.overrides])
+    folder = AdaptTrainer(cfg, args.ar_model, anneal_steps=args.anneal_steps, resume=args.resume).run()
+    print(f"checkpoint: {folder}")
+
+
+def cmd_sft(args) -> None:
+    from .train.adapt import FinetuneTrainer
+    from .train.config import load_run_config
+
+    if args.resume:
+        cfg = load_run_config(args.out, [*args.overrides])
+    else:  # the pretrained run's config (tokenizer, model, process), trained on conversations
+        cfg = load_run_config(args.start, ["data.packing=chat", f"data.source={args.data}", f"run.out_dir={args.out}",
+                                           *args.overrides])
+    folder = FinetuneTrainer(cfg, args.start, resume=args.resume).run()
+    print(f"checkpoint: {folder}")
+
+
 def cmd_convert_state(args) -> None:
     from .train import checkpoint as ckpt
 
@@ -210,6 +255,74 @@ def cmd_samplers(args) -> None:
         options = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(config_cls))
         print(f"{name:16s} {SUMMARIES[name]}")
         print(textwrap.fill(options, width=110, initial_indent=" " * 17 + "options: ", subsequent_indent=" " * 26))
+
+
+def cmd_serve(args) -> None:
+    try:  # the serve extra: fastapi, uvicorn, sse-starlette, prometheus-client
+        from .serve import Limits, run_server
+        from .serve.app import create_app  # noqa: F401 - fails here, not after loading the model
+    except ImportError as exc:
+        raise UserError(f"serving needs the serve extra ({exc.name} is missing): pip install -e \".[serve]\"") from exc
+    limits = Limits(max_length=args.max_length, max_steps=args.max_steps, max_n=args.max_n,
+                    max_seconds=args.max_seconds, max_running=args.max_running, max_queue=args.max_queue,
+                    max_score_chars=args.max_score_chars)
+    for name, value in vars(limits).items():
+        if not value > 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if not args.batch_wait_ms >= 0:
+        raise UserError(f"--batch-wait-ms must be 0 or more, got {args.batch_wait_ms}")
+    run_server(args.model_dir, host=args.host, port=args.port, device=args.device, limits=limits,
+               batching=not args.no_batching, model_name=args.name, max_wait_s=args.batch_wait_ms / 1000)
+
+
+def cmd_chat(args) -> None:
+    from .chat_terminal import ReplyStream
+
+    args.model = args.model_dir
+    options = _sampling_options(args)
+    if args.cfg_scale is not None:
+        from .samplers.cfg import check_scale
+
+        options["cfg_scale"] = check_scale(args.cfg_scale)  # before the model loads: a bad value fails at once
+    pipe = _pipeline(args)
+    interactive, live = sys.stdin.isatty(), sys.stdout.isatty()
+    stream = live if args.stream is None else args.stream
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    if interactive:
+        print(f"chatting with {args.model_dir}: type a message and Enter; an empty line or Ctrl-D ends", flush=True)
+    turn = 0
+    while True:
+        if interactive:
+            print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or (interactive and not line.strip()):
+            break
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        seed = None if args.seed is None else args.seed + turn
+        printer = None
+        try:
+            if stream:
+                from .chat import encode_chat
+
+                start = len(encode_chat(pipe.tokenizer, messages))
+                printer = ReplyStream(pipe.tokenizer, start, sys.stdout, live)
+            out = pipe.chat(messages, max_new_tokens=args.max_new_tokens, seed=seed, on_step=printer,
+                            progress=False, **options)
+        except UserError as exc:  # this turn only: the conversation goes on without it
+            print(f"textdiffusion: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+            messages.pop()
+            continue
+        reply = out.replies[0]
+        if printer is not None:
+            printer.finish(reply)
+        else:
+            print(f"assistant: {reply}", flush=True)
+        messages.append({"role": "assistant", "content": reply})
+        if args.fresh:  # every line is a conversation of its own (after the system message)
+            messages = messages[:1] if args.system else []
+        turn += 1
 
 
 def cmd_demo(args) -> None:
@@ -282,6 +395,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config overrides, e.g. train.steps=500 data.source=my.txt (keys listed below)")
     p.set_defaults(func=cmd_train)
 
+    p = command("adapt", "continue an autoregressive run as a masked diffusion model (AR -> diffusion adaptation)",
+                "Start a masked diffusion model from a trained autoregressive run (DiffuLLaMA / Dream): the AR\n"
+                "weights are loaded, each position keeps predicting the token after the one it reads (logit shift),\n"
+                "and the causal attention mask is opened to full attention over --anneal-steps steps. The run's own\n"
+                "config (data, tokenizer, model) is reused; override any key, e.g. train.steps=500.")
+    p.add_argument("--from", dest="ar_model", required=True, metavar="AR_RUN",
+                   help="the autoregressive run folder (or its checkpoint/)")
+    p.add_argument("--out", required=True, help="run folder of the adapted model")
+    p.add_argument("--anneal-steps", type=int, default=0,
+                   help="steps over which the causal mask opens to full attention (0: full from the start)")
+    p.add_argument("--resume", action="store_true", help="continue the adapted run from its checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides, e.g. train.steps=500")
+    p.set_defaults(func=cmd_adapt)
+
+    p = command("sft", "instruction-tune a trained model on conversations (LLaDA's SFT)",
+                "Fine-tune a trained run on a JSONL file of conversations with LLaDA's recipe (data.packing=chat):\n"
+                "prompts stay clean, each reply and its [EOS] padding is scored, normalised by its length. The\n"
+                "run's own config (tokenizer, model, process) is reused; override any key, e.g. train.steps=500.")
+    p.add_argument("--from", dest="start", required=True, metavar="RUN", help="the trained run folder to start from")
+    p.add_argument("--data", required=True, help="a .jsonl file of conversations ({\"messages\": [...]} per line)")
+    p.add_argument("--out", required=True, help="run folder of the fine-tuned model")
+    p.add_argument("--resume", action="store_true", help="continue the fine-tuning run from its checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides, e.g. train.steps=500")
+    p.set_defaults(func=cmd_sft)
+
     p = command("convert-state", "make a run trained by an older version resumable",
                 "Rewrite a run's checkpoint/trainer_state.pt (a pickle, which this version never unpickles\n"
                 "because unpickling can run code) as trainer_state.json + trainer_state.safetensors. It reads\n"
@@ -337,6 +475,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--num-samples", type=int, default=1, help="how many fills to generate (in one batch)")
     p.set_defaults(func=cmd_infill)
 
+    p = command("edit", 'revise a text with an edit model: "To be or not to bee"',
+                "Revise a text with an edit model (process diffuser): each of --steps revision steps tags every\n"
+                "token keep / delete / replace and every gap with insertions, then writes the new tokens, so the\n"
+                "length changes. --option beam=B --option revisions=R for DiffusER's 2-D beam search.")
+    _add_model(p)
+    _add_sampling(p)
+    p.add_argument("text", help="the text to revise")
+    p.add_argument("-n", "--num-samples", type=int, default=1, help="how many revisions to generate (in one batch)")
+    p.set_defaults(func=cmd_edit)
+
     p = command("score", "negative log-likelihood of texts: exact (autoregressive) or its NELBO bound (diffusion)",
                 SCORE_DESCRIPTION)
     _add_model(p)
@@ -350,6 +498,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws (diffusion only)")
     _add_progress(p)
     p.set_defaults(func=cmd_score)
+
+    p = command("serve", "serve a model over HTTP: an OpenAI-compatible API, streamed denoising, a playground",
+                "Serve a model over HTTP until interrupted: /v1/completions, /v1/chat/completions (models with\n"
+                "a chat template), /v1/models, /v1/infill, /v1/score, /health, /metrics, the schema at /openapi.json\n"
+                "and a playground at /. Concurrent requests share forward passes step by step.")
+    p.add_argument("model_dir", nargs="?", default=str(DEFAULT_MODEL), metavar="MODEL_DIR",
+                   help="model folder (default: the shipped Shakespeare MDLM)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--name", default=None, help="the model's id in the API (default: the folder's name)")
+    p.add_argument("--max-running", type=int, default=64, help="requests sampling at once (they share passes)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot; more get HTTP 429")
+    p.add_argument("--max-steps", type=int, default=1024, help="most sampler steps a request may ask for")
+    p.add_argument("--max-n", type=int, default=8, help="most samples per request")
+    p.add_argument("--max-length", type=int, default=1024,
+                   help="most tokens per sample for samplers that write past the model's length")
+    p.add_argument("--max-seconds", type=float, default=120.0, help="wall-time limit of one request")
+    p.add_argument("--max-score-chars", type=int, default=200_000, help="most characters of text per /v1/score request")
+    p.add_argument("--no-batching", action="store_true", help="run every forward pass alone (for comparisons)")
+    p.add_argument("--batch-wait-ms", type=float, default=20.0,
+                   help="how long a shared forward pass waits for requests still busy between two steps")
+    p.set_defaults(func=cmd_serve)
+
+    p = command("chat", "chat with a model: messages from stdin, the reply denoising live in the terminal",
+                "Chat with a model under its chat template (its folder's own, else textdiffusion's role markers).\n"
+                "Each line read from stdin is a user message; the reply is generated after the conversation so\n"
+                "far and ends at [EOS]. On a terminal the reply is redrawn at every step as its masks (▒) resolve;\n"
+                "with --stream elsewhere each step prints one line. An empty line or Ctrl-D ends the chat.")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="model folder (e.g. one trained with data.packing=chat)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="the weights' dtype in memory")
+    p.add_argument("--system", default=None, help="a system message that opens the conversation")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="positions the reply is written in (default: the rest of the model's length)")
+    p.add_argument("--cfg-scale", type=float, default=None,
+                   help="classifier-free guidance on the conversation (LLaDA): 0 is none (default 0)")
+    p.add_argument("--sampler", default=None, help="sampler name (default: the model's own)")
+    p.add_argument("--steps", type=int, default=None, help="reverse diffusion steps (default: the sampler's)")
+    p.add_argument("--temperature", type=float, default=None, help="0 is greedy (default 1)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1] (default 1)")
+    p.add_argument("--no-cache", action="store_true", help="call the model even where a cache would serve")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sampler option, e.g. --option block_length=32 (repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="random seed of the first reply (then seed + turn)")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="show every denoising step (default: on a terminal only)")
+    p.add_argument("--fresh", action="store_true",
+                   help="answer each line on its own, without the conversation so far (small models' short windows)")
+    p.set_defaults(func=cmd_chat)
     return parser
 
 

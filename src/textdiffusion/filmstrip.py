@@ -106,6 +106,81 @@ def _segments(ids: list[int], prev: list[int] | None, tokenizer: Tokenizer) -> l
             for kind, run in runs]
 
 
+def _is_edit(frames: list[Frame]) -> bool:
+    """Frames of an edit sampler: the length changes, and each frame carries the edits that made it."""
+    return any(f.edits is not None for f in frames)
+
+
+def _edit_row(frame: Frame, row: int, tokenizer: Tokenizer) -> list[int]:
+    """An edit frame's row without its [MASK] padding (edit samplers never write [MASK])."""
+    return [i for i in _row_ids(frame, row) if i != tokenizer.mask_id]
+
+
+def _edit_segments(prev: list[int] | None, ids: list[int], edits: list | None, tokenizer: Tokenizer) -> list[Segment]:
+    """A row as runs of kept ("old"), inserted ("ins"), replacing ("rep") and deleted ("del") text: deleted and
+    replaced tokens of `prev` stay visible, struck out. `edits` are the frame's own edits when `prev` is the
+    frame just before, else None and the minimal alignment of prev to ids is shown."""
+    from .edits import Op, align
+
+    if prev is None:
+        return [("old", _printable(tokenizer.decode(ids, mask_char=None)))]
+    if edits is None:
+        edits = align(prev, ids)
+    runs: list[tuple[str, list[int]]] = []
+
+    def add(kind: str, tok: int) -> None:
+        if runs and runs[-1][0] == kind:
+            runs[-1][1].append(tok)
+        else:
+            runs.append((kind, [tok]))
+
+    pos = 0
+    for op, tok in edits:
+        if op == Op.INSERT:
+            add("ins", tok)
+            continue
+        if op == Op.KEEP:
+            add("old", tok)
+        elif op == Op.DELETE:
+            add("del", prev[pos])
+        else:
+            add("del", prev[pos])
+            add("rep", tok)
+        pos += 1
+    return [(kind, _printable(tokenizer.decode(run, mask_char=None))) for kind, run in runs]
+
+
+def _edit_header(frame: Frame, total: int, segments: list[Segment]) -> str:
+    """`step 3/10 · t=0.700 · +12 -3 ~4 chars · 57 chars`."""
+    count = {k: sum(len(t) for kind, t in segments if kind == k) for k in ("old", "ins", "rep", "del")}
+    return (f"step {frame.step}/{total} · t={frame.t:.3f} · +{count['ins']} -{count['del']} ~{count['rep']} chars"
+            f" · {count['old'] + count['ins'] + count['rep']} chars")
+
+
+def _frame_segments(frames: list[Frame], i: int, row: int, tokenizer: Tokenizer) -> list[Segment]:
+    """The segments of edit frame `i` of `frames` (sorted), against the frame shown before it."""
+    ids = _edit_row(frames[i], row, tokenizer)
+    if i == 0:
+        return _edit_segments(None, ids, None, tokenizer)
+    prev = _edit_row(frames[i - 1], row, tokenizer)
+    consecutive = frames[i].step == frames[i - 1].step + 1 and frames[i].edits is not None
+    return _edit_segments(prev, ids, frames[i].edits[row] if consecutive else None, tokenizer)
+
+
+_WDIFF = {"old": "{}", "ins": "{{+{}+}}", "rep": "{{+{}+}}", "del": "[-{}-]"}
+
+
+def _render_terminal_edits(chosen: list[Frame], tokenizer: Tokenizer, row: int, width: int) -> str:
+    """Edit frames as text: insertions and new tokens as {+text+}, deleted and replaced ones as [-text-]."""
+    total = chosen[-1].step
+    blocks = []
+    for i, frame in enumerate(chosen):
+        segments = _frame_segments(chosen, i, row, tokenizer)
+        text = "".join(_WDIFF[kind].format(t) for kind, t in segments)
+        blocks.append("\n".join([_edit_header(frame, total, segments), *_wrap(text, width)]))
+    return "\n\n".join(blocks) + "\n"
+
+
 # --------------------------------------------------------------------------- terminal
 
 
@@ -121,6 +196,8 @@ def render_terminal(frames: list[Frame], tokenizer: Tokenizer, row: int = 0, wid
     """Plain text: for each chosen frame, a header line and the decoded text (masks as ▒), wrapped."""
     _check_frames(frames)
     chosen = pick_frames(frames, n)
+    if _is_edit(chosen):
+        return _render_terminal_edits(chosen, tokenizer, row, width)
     total = chosen[-1].step
     blocks = []
     for frame in chosen:
@@ -140,6 +217,9 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; co
   background: #fafafa; border: 1px solid #ddd; padding: 0.7em; margin: 0; }
 .m { color: #bbb; }
 .new { background: #ffe27a; }
+.ins { background: #b6f0b6; }
+.rep { background: #ffe27a; }
+.del { color: #b33; text-decoration: line-through; }
 #controls { position: sticky; top: 0; background: #fff; padding: 0.5em 0; display: flex; gap: 1em; }
 #controls[hidden] { display: none; }
 #slider { flex: 1; }
@@ -181,7 +261,7 @@ def _segments_html(segments: list[Segment]) -> str:
     parts = []
     for kind, text in segments:
         text = html.escape(text, quote=False)
-        parts.append(text if kind == "old" else f'<span class="{"m" if kind == "mask" else "new"}">{text}</span>')
+        parts.append(text if kind == "old" else f'<span class="{"m" if kind == "mask" else kind}">{text}</span>')
     return "".join(parts)
 
 
@@ -198,8 +278,13 @@ def render_html(frames: list[Frame], tokenizer: Tokenizer, row: int = 0, title: 
     prev: list[int] | None = None
     for i, frame in enumerate(frames):
         ids = _row_ids(frame, row)
-        header = html.escape(_header(frame, total, ids, tokenizer.mask_id), quote=False)
-        body = _segments_html(_segments(ids, prev, tokenizer))
+        if _is_edit(frames):
+            segments = _frame_segments(frames, i, row, tokenizer)
+            header = html.escape(_edit_header(frame, total, segments), quote=False)
+            body = _segments_html(segments)
+        else:
+            header = html.escape(_header(frame, total, ids, tokenizer.mask_id), quote=False)
+            body = _segments_html(_segments(ids, prev, tokenizer))
         sections.append(f'<section class="frame" data-index="{i}" data-step="{frame.step}">'
                         f"<h2>{header}</h2><pre>{body}</pre></section>")
         prev = ids
@@ -217,6 +302,8 @@ def render_html(frames: list[Frame], tokenizer: Tokenizer, row: int = 0, title: 
 # --------------------------------------------------------------------------- GIF
 
 _BG, _FG, _NEW, _HEAD, _MASK = (255, 255, 255), (30, 30, 30), (20, 90, 200), (110, 110, 110), (200, 200, 200)
+_INS, _DEL = (20, 140, 40), (200, 40, 40)  # edit frames: inserted text green, deleted text red and struck out
+_INKS = {"new": _NEW, "rep": _NEW, "ins": _INS, "del": _DEL}
 _FONT_SIZE = 14
 _MARGIN = 12
 _LAST_HOLD = 10  # the last frame stays this many times longer
@@ -227,7 +314,7 @@ def _palette():
     from PIL import Image
 
     colors = []
-    for ink in (_FG, _NEW, _HEAD, _MASK):
+    for ink in (_FG, _NEW, _HEAD, _MASK, _INS, _DEL):
         for k in range(16):
             colors.extend(round(b + (c - b) * k / 15) for b, c in zip(_BG, ink))
     pal = Image.new("P", (1, 1))
@@ -294,9 +381,15 @@ def write_gif(frames: list[Frame], tokenizer: Tokenizer, path: str | Path, row: 
     widths = {"mask": em}
     pages = []
     for i, (frame, ids) in enumerate(zip(chosen, rows)):
-        cells = _cells(_segments(ids, rows[i - 1] if i else None, tokenizer))
+        if _is_edit(chosen):
+            segments = _frame_segments(chosen, i, row, tokenizer)
+            header = _edit_header(frame, total, segments)
+        else:
+            segments = _segments(ids, rows[i - 1] if i else None, tokenizer)
+            header = _header(frame, total, ids, tokenizer.mask_id)
+        cells = _cells(segments)
         widths.update({ch: font.getlength(ch) for _, ch in cells if ch not in widths})
-        pages.append((_header(frame, total, ids, tokenizer.mask_id), _layout(cells, widths, max_w)))
+        pages.append((header, _layout(cells, widths, max_w)))
 
     n_lines = max(len(lines) for _, lines in pages)
     palette = _palette()
@@ -315,7 +408,9 @@ def write_gif(frames: list[Frame], tokenizer: Tokenizer, path: str | Path, row: 
                 if kind == "mask":
                     draw.rectangle([x + 1, y + 2, x + w - 1, y + line_h - 4], fill=_MASK)
                 elif ch != " ":
-                    draw.text((x, y), ch, font=font, fill=_NEW if kind == "new" else _FG)
+                    draw.text((x, y), ch, font=font, fill=_INKS.get(kind, _FG))
+                if kind == "del":  # struck out
+                    draw.line([(x, y + line_h // 2 - 1), (x + w, y + line_h // 2 - 1)], fill=_DEL)
                 x += w
         images.append(im.quantize(palette=palette, dither=Image.Dither.NONE))
 

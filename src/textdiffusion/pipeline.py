@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from .checks import check_int, check_seed, check_text, one_line, resolve_device, state_mismatch
-from .data.tokenizers import Tokenizer, load_tokenizer
+from .checks import check_int, check_seed, check_text, resolve_device
+from .data.tokenizers import Tokenizer
 from .errors import UserError
 from .eval.likelihood import LikelihoodResult, nelbo
 from .infill import parse_gaps
-from .models import ModelConfig, Transformer
+from .models import Transformer
 from .precision import resolve_precision
-from .processes import DiffusionProcess, build_process
+from .processes import DiffusionProcess
 from .progress import progress_bar
 from .samplers import SAMPLERS, Frame, check_config
 from .scoring import BLOCK_CHARS, read_text_blocks, score_pieces
@@ -52,48 +52,48 @@ class Pipeline:
     # ---- loading and saving ---------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = "auto",
-                        use_ema: bool = True, precision: str = "fp32") -> Pipeline:
-        """Load a folder written by `save_pretrained` or by training (EMA weights when present)."""
+                        use_ema: bool = True, precision: str = "fp32",
+                        dtype: str | torch.dtype | None = None) -> Pipeline:
+        """Load a folder written by `save_pretrained` or by training (EMA weights when present), or a
+        Hugging Face folder of a known outside format (`interop.FORMATS`: LLaDA, Dream, masked LMs, ...).
+
+        `dtype` ("bf16", "fp16", "fp32" or a torch dtype): the weights' dtype in memory; None keeps our
+        folders in float32 and outside folders as stored. `self.config["load"]` reports the load's memory."""
+        from .interop import load_folder
+
         folder = ckpt.resolve_model_dir(path)
         device = resolve_device(device)  # before the weights are read: a wrong device fails at once
-        cfg = ckpt.read_config(folder)
-        config_file = folder / ckpt.CONFIG_FILE
-        tokenizer = load_tokenizer(folder)
-        try:
-            model_cfg = ModelConfig(**cfg["model"])
-            process_cfg = dict(cfg["process"])
-            process_name = process_cfg.pop("name")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{config_file} lacks a valid model or process section ({one_line(exc)}): "
-                            "restore it or re-train") from exc
-        model = Transformer(model_cfg)
-        weights = folder / (ckpt.EMA_FILE if use_ema and (folder / ckpt.EMA_FILE).is_file() else ckpt.WEIGHTS_FILE)
-        state = ckpt.load_weights(weights)
-        mismatch = state_mismatch(model.state_dict(), state)
-        if mismatch:
-            raise UserError(f"{weights} does not match the model in {config_file}: {mismatch}; "
-                            "restore the config.json saved with these weights")
-        try:
-            model.load_state_dict({k: v.float() for k, v in state.items()})
-        except RuntimeError as exc:  # torch's report spans many lines
-            raise UserError(f"{weights} does not match the model in {config_file}: {one_line(exc)}") from exc
-        if tokenizer.vocab_size != model_cfg.vocab_size:
-            raise UserError(f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but model.vocab_size in "
-                            f"{config_file} is {model_cfg.vocab_size}: the tokenizer files belong to another model")
-        try:
-            process = build_process(process_name, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
-                                    **process_cfg)
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"{config_file} has an invalid process section ({one_line(exc)}): "
-                            "restore it or re-train") from exc
-        return cls(model.to(device), process, tokenizer, cfg, precision)
+        loaded = load_folder(folder, device, dtype=dtype, use_ema=use_ema)
+        from .chat import find_chat_template
 
-    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write config.json, model.safetensors (optionally cast, e.g. to bfloat16) and the tokenizer."""
-        cfg = {k: v for k, v in self.config.items() if k != "format"}
+        loaded.tokenizer.chat_template = find_chat_template(folder)  # the folder's own, if any (chat.py)
+        return cls(loaded.model, loaded.process, loaded.tokenizer, loaded.config, precision)
+
+    def folder_config(self) -> dict:
+        """What config.json holds for this model (without the format marker and the loader's notes)."""
+        cfg = {k: v for k, v in self.config.items() if k not in ("format", "load", "source")}
         cfg["model"] = self.model.cfg.to_dict()
         cfg["process"] = {"name": self.process.name, **self.process.config()}
         cfg["tokenizer"] = self.tokenizer.kind
+        return cfg
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None,
+                        format: str = "textdiffusion") -> Path:
+        """Write config.json, model.safetensors (optionally cast, e.g. to bfloat16) and the tokenizer.
+
+        format="hf" also makes the folder one that transformers loads with AutoModelForMaskedLM (after
+        `import textdiffusion.interop.hf_model`, which registers the model type); Pipeline reads both."""
+        if format not in ("textdiffusion", "hf"):
+            raise UserError(f"format must be 'textdiffusion' or 'hf', got {format!r}")
+        if type(self.model) is not Transformer:
+            raise UserError(f"save_pretrained writes textdiffusion's own models; this pipeline holds a "
+                            f"{type(self.model).__name__} read from a {self.config.get('format')!r} folder: "
+                            "keep that original folder, which Pipeline.from_pretrained reads")
+        if format == "hf":
+            from .interop.hf_export import export_hf
+
+            return export_hf(self, path, dtype)
+        cfg = self.folder_config()
         state = self.model.state_dict()
         if dtype is not None:
             state = {k: v.to(dtype) if v.dtype.is_floating_point else v for k, v in state.items()}
@@ -102,6 +102,10 @@ class Pipeline:
             ckpt.write_config(folder, cfg)
             ckpt.save_weights(state, folder / ckpt.WEIGHTS_FILE)
             self.tokenizer.save(folder)
+            if getattr(self.tokenizer, "chat_template", None) is not None:
+                from .chat import TEMPLATE_FILE
+
+                (folder / TEMPLATE_FILE).write_text(self.tokenizer.chat_template, encoding="utf-8")
 
         ckpt.atomic_folder(Path(path), write)
         return Path(path)
@@ -129,6 +133,15 @@ class Pipeline:
         if (sampler == "block") != (self.process.name == "block"):
             raise UserError(f"sampler {sampler!r} cannot run a {self.process.name!r} model: block diffusion "
                             "models use sampler 'block', and sampler 'block' needs one")
+        if (sampler == "gaussian") != (self.process.name == "gaussian"):
+            raise UserError(f"sampler {sampler!r} cannot run a {self.process.name!r} model: continuous embedding "
+                            "(gaussian) models use sampler 'gaussian', and sampler 'gaussian' needs one")
+        if (sampler == "edit") != (self.process.name == "diffuser"):
+            raise UserError(f"sampler {sampler!r} cannot run a {self.process.name!r} model: edit models (diffuser) "
+                            "use sampler 'edit', and sampler 'edit' needs one")
+        if (sampler == "edit_flow") != (self.process.name == "edit_flow"):
+            raise UserError(f"sampler {sampler!r} cannot run a {self.process.name!r} model: Edit Flows models use "
+                            "sampler 'edit_flow', and sampler 'edit_flow' needs one")
         return sampler, *SAMPLERS[sampler]
 
     def max_length(self, sampler: str | None = None) -> int | None:
@@ -173,7 +186,7 @@ class Pipeline:
         start = time.perf_counter()
         try:
             with self._autocast():
-                result = fn(self.model, self.process, x.to(self.device), cfg, generator=gen,
+                result = fn(self.process.denoiser(self.model), self.process, x.to(self.device), cfg, generator=gen,
                             record_frames=return_frames, on_step=on_step)
         finally:
             bar.close()
@@ -268,12 +281,53 @@ class Pipeline:
         out.fills = [[self.tokenizer.decode(row[a:b].tolist(), mask_char=None) for a, b in spans] for row in out.ids]
         return out
 
+    def chat(self, messages: Sequence[dict], max_new_tokens: int | None = None, num_samples: int = 1,
+             sampler: str | None = None, seed: int | None = None, return_frames: bool = False,
+             on_step: Callable[[Frame], None] | None = None, progress: bool | None = None, **sampler_options):
+        """Reply to a conversation, [{"role": "user", "content": ...}, ...], under the model's chat template.
+
+        The reply is written in `max_new_tokens` positions after the templated prompt (default: the rest of
+        the model's length) and ends at the first [EOS]. Sampler options as for `generate`, plus `cfg_scale`
+        (classifier-free guidance on the prompt). Returns `chat.ChatReply` (.replies, .prompt_length, .output)."""
+        from .chat import chat_reply
+
+        return chat_reply(self, messages, max_new_tokens, num_samples, sampler, seed, return_frames, on_step,
+                          progress, **sampler_options)
+
+    def edit(self, text: str, steps: int = 10, num_samples: int = 1, sampler: str | None = None,
+             seed: int | None = None, return_frames: bool = False, on_step: Callable[[Frame], None] | None = None,
+             progress: bool | None = None, **sampler_options) -> GenerationOutput:
+        """Revise `text` with an edit model (process 'diffuser'): `steps` revision steps, each tagging every token
+        KEEP / DELETE / REPLACE and every gap with a number of insertions, then writing the new tokens, so the
+        length changes freely. Options of sampler 'edit': temperature, top_p, beam and revisions (2-D beam
+        search), start ('input' by default; 'random' or 'null' ignore the text). Frames carry their edits."""
+        if self.process.name != "diffuser":
+            raise UserError(f"edit needs an edit model (process 'diffuser'), not a {self.process.name!r} model: "
+                            "train one with `textdiffusion train --config tiny process.name=diffuser`")
+        num_samples = check_int("num_samples", num_samples, minimum=1)
+        ids = self.tokenizer.encode(check_text("text", text))
+        if not ids or len(ids) > self.seq_len - 1:
+            raise UserError(f"the text is {len(ids)} tokens; this edit model revises 1 to {self.seq_len - 1}: "
+                            "shorten it")
+        sampler_options.setdefault("start", "input")
+        x = torch.tensor(ids, dtype=torch.long)[None].repeat(num_samples, 1)
+        return self.denoise(x, sampler or "edit", seed, return_frames, on_step, progress, steps=steps,
+                            **sampler_options)
+
     # ---- likelihood -----------------------------------------------------------------------
+    def _check_bound(self) -> None:
+        """Edit models train on a loss that bounds no likelihood (DiffusER's cross-entropies, Edit Flows' Bregman
+        objective): scoring them would print a number that is not an NLL."""
+        if not getattr(self.process, "bound", True):
+            raise UserError(f"a {self.process.name!r} model has no likelihood bound to score texts with: score with "
+                            "a masked, D3PM, SEDD, block or autoregressive model")
+
     def likelihood(self, chunks: torch.Tensor, t_samples: int = 8, seed: int = 0, batch_size: int = 16,
                    loss_mask: torch.Tensor | None = None) -> LikelihoodResult:
         """Per-token NLL of token-id chunks [N, L] (a bound for diffusion, exact for AR).
 
         With `loss_mask`, only those positions are scored, conditioned on the rest (infilling)."""
+        self._check_bound()
         if not isinstance(chunks, torch.Tensor) or chunks.dim() != 2 or chunks.numel() == 0 \
                 or chunks.is_floating_point():
             raise UserError("chunks must be a non-empty tensor of token ids [N, L]")
@@ -307,6 +361,7 @@ class Pipeline:
                    progress: bool | None = None, block_chars: int = BLOCK_CHARS) -> LikelihoodResult:
         """`score` of a file's text, read `block_chars` characters at a time: memory stays bounded however
         large the file. Undecodable bytes count as U+FFFD. The result equals score(path.read_text())."""
+        self._check_bound()
         path = Path(path)
         if not path.is_file():
             raise UserError(f"file {path} not found")
@@ -320,6 +375,7 @@ class Pipeline:
         current piece and under a batch of windows are held. Cut the pieces before a whitespace that
         follows a word (as `read_text_blocks` does) so that the tokens are those of the whole text.
         `size`: the total number of characters, if known, for the progress bar's estimate."""
+        self._check_bound()
         if isinstance(pieces, (str, bytes, bytearray)) or not isinstance(pieces, Iterable):
             raise UserError(f"pieces must be an iterable of str (e.g. a list or a generator), "
                             f"got {type(pieces).__name__}")

@@ -132,6 +132,27 @@ def discrete_families(steps: tuple[int, ...]) -> tuple[Family, ...]:
             sedd("absorb", steps), sedd("uniform", steps))
 
 
+def diffusion_lm(steps: tuple[int, ...]) -> Family:
+    """Continuous embedding diffusion (issue 15): Diffusion-LM's defaults (sqrt schedule, T = 2000, 16-wide
+    learned embeddings, L_e2e_simple), ancestral steps with clamping at each step count, then deterministic
+    DDIM and no clamping at the largest; infills with the middle step count (128 in `small`, MDLM's default)."""
+    most = max(steps)
+    settings = (*(SamplerSetting("gaussian", {"steps": s}) for s in steps),
+                SamplerSetting("gaussian", {"steps": most, "eta": 0.0}, f"gaussian ddim(steps={most})"),
+                SamplerSetting("gaussian", {"steps": most, "clamp": False}, f"gaussian(steps={most}, no clamp)"))
+    return Family("diffusion-lm", {"name": "gaussian"}, settings, infill={"steps": sorted(steps)[len(steps) // 2]})
+
+
+def cdcd(steps: tuple[int, ...]) -> Family:
+    """The same Gaussian process with CDCD-style score interpolation (token logits + the Gaussian likelihood,
+    cross-entropy training, normalised embeddings); ancestral steps, and DDIM at the largest."""
+    most = max(steps)
+    settings = (*(SamplerSetting("gaussian", {"steps": s}) for s in steps),
+                SamplerSetting("gaussian", {"steps": most, "eta": 0.0}, f"gaussian ddim(steps={most})"))
+    return Family("cdcd", {"name": "gaussian", "prediction": "tokens", "objective": "ce"}, settings,
+                  infill={"steps": sorted(steps)[len(steps) // 2]})
+
+
 BYTE = Tokenization("byte", {"tokenizer": "byte"}, "bytes (256 + 4 specials): bits per character")
 
 
@@ -146,7 +167,8 @@ SUITES: dict[str, Suite] = {
         description="a smoke run of the whole harness on CPU (minutes): tiny models, tiny budget",
         tokenizations=(BYTE, bpe(512)),
         families=(AR, mdlm((16, 64), parallel_decoding(64, full=False)), *discrete_families((16,)),
-                  bd3(4, (4,)), bd3(16, (16,))),
+                  bd3(4, (4,)), bd3(16, (16,)), diffusion_lm((16, 64)),
+                  cdcd((16, 64))),
         base={"data": {"source": "shakespeare", "seq_len": 64},
               "model": {"d_model": 96, "n_layers": 2, "n_heads": 2},
               "train": {"steps": 150, "batch_size": 16, "lr": 2.0e-3, "warmup_steps": 20, "ema_decay": 0.0,
@@ -162,7 +184,8 @@ SUITES: dict[str, Suite] = {
                     "(byte level: 4.9M tokens each; 4k BPE: 2.5M tokens, about 8.6M characters, each)",
         tokenizations=(BYTE, bpe(4096, steps=600)),
         families=(AR, mdlm((32, 128, 512), parallel_decoding(128)), *discrete_families((32, 128)),
-                  bd3(4, (4, 2, 1), only=("byte",)), bd3(16, (16, 8, 4), only=("byte",))),
+                  bd3(4, (4, 2, 1), only=("byte",)), bd3(16, (16, 8, 4), only=("byte",)),
+                  diffusion_lm((32, 128, 512)), cdcd((32, 128, 512))),
         base={"data": {"source": "shakespeare", "seq_len": 128},
               "model": {"d_model": 256, "n_layers": 4, "n_heads": 4},
               "train": {"steps": 1200, "batch_size": 32, "lr": 1.0e-3, "warmup_steps": 100, "ema_decay": 0.995,

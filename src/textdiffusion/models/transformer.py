@@ -34,6 +34,14 @@ class ModelConfig:
     causal: bool = False
     time_conditioning: bool = False
     rope_base: float = 10000.0
+    # 0: token ids in, logits out. > 0: continuous embedding diffusion (Diffusion-LM): vectors of this width in,
+    # x0-embedding predictions of this width out, and `embed` is the learned token table of this width.
+    embed_dim: int = 0
+    # with embed_dim > 0: output token logits [B, L, V] instead of embeddings (CDCD-style score interpolation)
+    embed_logits: bool = False
+    # > 0: an edit model (Diffuser, processes/edit.py): a second head of this many tag logits (forward(..., tags=True))
+    # and position marks added to the input embeddings (forward(..., marks=...): 0 token, 1 start, 2 insert, 3 replace)
+    edit_tags: int = 0
 
     def __post_init__(self) -> None:
         # A model folder's config.json is user input: a string or a zero here would otherwise surface
@@ -44,8 +52,9 @@ class ModelConfig:
                 ok = isinstance(value, bool)
                 want = "true or false"
             elif f.type == "int":
-                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-                want = "a positive integer"
+                low = 0 if f.name in ("embed_dim", "edit_tags") else 1
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+                want = "an integer >= 0" if low == 0 else "a positive integer"
             else:
                 ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
                       and (0 <= value < 1 if f.name == "dropout" else value > 0))
@@ -57,7 +66,14 @@ class ModelConfig:
                             "of even width: pick n_heads dividing d_model with an even quotient")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.embed_dim:  # discrete models' config.json stays as it was before the field existed
+            del out["embed_dim"]
+        if not self.embed_logits:
+            del out["embed_logits"]
+        if not self.edit_tags:
+            del out["edit_tags"]
+        return out
 
 
 def rotary_tables(seq_len: int, head_dim: int, base: float,
@@ -206,12 +222,18 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim or cfg.d_model)
+        # continuous inputs: Diffusion-LM's up-projection (embedding width -> model width) and down-projection
+        self.in_proj = _projection(cfg.embed_dim, cfg.d_model) if cfg.embed_dim else None
         self.time_embed = TimeEmbedding(cfg.d_model) if cfg.time_conditioning else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model, elementwise_affine=not cfg.time_conditioning)
         self.final_modulation = nn.Linear(cfg.d_model, 2 * cfg.d_model) if cfg.time_conditioning else None
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        embedding_out = bool(cfg.embed_dim) and not cfg.embed_logits
+        self.head = None if embedding_out else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.out_proj = _projection(cfg.d_model, cfg.embed_dim, hidden=cfg.d_model) if embedding_out else None
+        self.tag_head = nn.Linear(cfg.d_model, cfg.edit_tags, bias=False) if cfg.edit_tags else None
+        self.mark_embed = nn.Embedding(4, cfg.d_model) if cfg.edit_tags else None
         cos, sin = rotary_tables(cfg.seq_len, cfg.d_model // cfg.n_heads, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -228,6 +250,8 @@ class Transformer(nn.Module):
             if m is not None:  # adaLN-zero
                 nn.init.zeros_(m.weight)
                 nn.init.zeros_(m.bias)
+        if self.cfg.embed_dim:  # token embeddings of unit scale per dimension, as Diffusion-LM initialises them
+            nn.init.normal_(self.embed.weight, std=1.0)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -237,8 +261,11 @@ class Transformer(nn.Module):
 
     def forward(self, ids: torch.Tensor, t: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, commit: bool | int = True,
-                positions: torch.Tensor | None = None, outputs: slice | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, outputs: slice | None = None,
+                marks: torch.Tensor | None = None, tags: bool = False) -> torch.Tensor:
         """ids [B, L] -> logits [B, L, V]. `t` [B] is the noise level, used if time-conditioned.
+        A continuous-embedding model (`cfg.embed_dim` > 0) reads vectors [B, L, embed_dim] instead and returns
+        its prediction of the clean embeddings, [B, L, embed_dim].
 
         With `cache`, `ids` continue the tokens the cache holds (positions cache.length onward) and
         attend to them; a causal model sees only earlier positions, a bidirectional one sees the
@@ -262,7 +289,17 @@ class Transformer(nn.Module):
         if cache is not None and self.cfg.causal and attn_mask is None and length > 1:
             query_pos = torch.arange(past, past + length, device=ids.device)
             attn_mask = query_pos[:, None] >= torch.arange(past + length, device=ids.device)[None, :]
-        x = self.embed(ids)
+        if self.in_proj is None:
+            x = self.embed(ids)
+            if marks is not None:  # an edit model's position roles (start, insert slot, replace slot)
+                if self.mark_embed is None:
+                    raise ValueError("marks are read only by an edit model (model.edit_tags > 0)")
+                x = x + self.mark_embed(marks)
+        elif ids.is_floating_point() and ids.dim() == 3 and ids.shape[-1] == self.cfg.embed_dim:
+            x = self.in_proj(ids)
+        else:
+            raise ValueError(f"this continuous-embedding model reads vectors [B, L, {self.cfg.embed_dim}], "
+                             f"got {ids.dtype} {tuple(ids.shape)}")
         cond = None
         if self.time_embed is not None:
             if t is None:
@@ -279,4 +316,15 @@ class Transformer(nn.Module):
         if self.final_modulation is not None:
             shift, scale = self.final_modulation(cond)[:, None].chunk(2, dim=-1)
             x = x * (1 + scale) + shift
-        return self.head(x)
+        if tags:  # an edit model's tagger head, [B, L, edit_tags]
+            if self.tag_head is None:
+                raise ValueError("tags=True needs an edit model (model.edit_tags > 0)")
+            return self.tag_head(x)
+        return self.head(x) if self.head is not None else self.out_proj(x)
+
+
+def _projection(d_in: int, d_out: int, hidden: int | None = None) -> nn.Sequential:
+    """Linear -> tanh -> linear through `hidden` units (default d_out): Diffusion-LM's up-projection from the
+    embedding width to the model width and its down-projection back."""
+    hidden = hidden or d_out
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, d_out))

@@ -32,6 +32,7 @@ class DiffusionProcess:
     causal: bool = False  # the backbone it trains: causal attention (autoregressive) or bidirectional
     default_sampler: str = "ancestral"  # the sampler Pipeline.generate uses when none is named
     exact_likelihood: bool = False  # nelbo_per_sequence is the exact NLL, with no randomness
+    bound: bool = True  # nelbo_per_sequence bounds -log p(x0); False: a training loss only (score refuses it)
 
     @property
     def needs_time_conditioning(self) -> bool:
@@ -40,6 +41,16 @@ class DiffusionProcess:
 
     def config(self) -> dict:
         raise NotImplementedError
+
+    def model_fields(self) -> dict:
+        """ModelConfig fields this process sets on the backbone it trains (e.g. the embedding width of a
+        continuous-embedding process); none by default."""
+        return {}
+
+    def denoiser(self, model: nn.Module) -> nn.Module:
+        """The network samplers call: the model itself, unless the process reads it another way (a masked model
+        adapted from an AR one reads [START] x_t: processes/masked.py, train/adapt.py)."""
+        return model
 
     def sample_noise(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """All randomness of one loss evaluation, as tensors with the batch as first dimension.

@@ -40,8 +40,11 @@ class MaskedDiffusion(DiffusionProcess):
     name = "masked"
 
     def __init__(self, vocab_size: int, mask_id: int, schedule: str = "loglinear", t_min: float = 1e-3,
-                 antithetic: bool = True):
+                 antithetic: bool = True, logit_shift: bool = False):
         self.vocab_size, self.mask_id = vocab_size, mask_id
+        # AR -> diffusion adaptation (train/adapt.py): the backbone reads [START] x_t, position l predicts x0_l
+        self.logit_shift = logit_shift
+        self.train_attention: torch.Tensor | None = None  # set per step while annealing the causal mask
         self.schedule_name, self.t_min, self.antithetic = schedule, t_min, antithetic
         self.schedule = get_schedule(schedule)
         alpha_end = max(float(self.schedule.alpha(torch.tensor(1.0, dtype=torch.float64))), 0.0)
@@ -49,7 +52,16 @@ class MaskedDiffusion(DiffusionProcess):
         self.prior_nats = alpha_end * math.log(vocab_size - 1) if alpha_end > 0 else 0.0
 
     def config(self) -> dict:
-        return {"schedule": self.schedule_name, "t_min": self.t_min, "antithetic": self.antithetic}
+        out = {"schedule": self.schedule_name, "t_min": self.t_min, "antithetic": self.antithetic}
+        return {**out, "logit_shift": True} if self.logit_shift else out
+
+    def denoiser(self, model: nn.Module) -> nn.Module:
+        """What samplers and the bound call: the backbone itself, or its logit-shifted view (train/adapt.py)."""
+        if not self.logit_shift:
+            return model
+        from ..train.adapt import ShiftedDenoiser
+
+        return ShiftedDenoiser(model, self.mask_id, self.train_attention)
 
     def sample_t(self, batch: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
         """s ~ U[0, 1], stratified across the batch (MDLM's low-discrepancy sampler). s < t_min selects the
@@ -87,7 +99,7 @@ class MaskedDiffusion(DiffusionProcess):
 
     def log_probs(self, model: nn.Module, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """log p_theta(x0 | x_t) in float32 with the SUBS rules applied, [B, L, V]."""
-        return subs_log_probs(model(xt, t).float(), xt, self.mask_id)
+        return subs_log_probs(self.denoiser(model)(xt, t).float(), xt, self.mask_id)
 
     def nelbo_per_sequence(self, model: nn.Module, x0: torch.Tensor, noise: dict[str, torch.Tensor],
                            loss_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -98,7 +110,7 @@ class MaskedDiffusion(DiffusionProcess):
         s = noise["t"]
         t = self.noise_level(s)
         xt, masked = self.corrupt(x0, t, noise["u"], loss_mask)
-        nll = masked_nll(model(xt, t), x0, masked, self.mask_id)
+        nll = masked_nll(self.denoiser(model)(xt, t), x0, masked, self.mask_id)
         n_scored = x0.shape[1] if loss_mask is None else loss_mask.sum(1)
         # -log p(x0) <= (R) + int_{t_min}^1 w(t) E[sum_masked -log p] dt + (P): s < t_min samples (R) / t_min
         return self.bound_weight(s) * nll.sum(dim=1) + self.prior_nats * n_scored

@@ -5,7 +5,11 @@ from .base import Frame, SampleResult, check_config, sample_categorical, select_
 from .block import BlockConfig, block_sample
 from .confidence import ConfidenceConfig, ThresholdConfig, confidence_sample, threshold_sample
 from .d3pm import D3PMConfig, d3pm_sample
+from .edit import EditConfig, edit_sample
+from .edit_flow import EditFlowConfig, edit_flow_sample
+from .entropy_bound import EntropyBoundConfig, entropy_bound_sample
 from .first_hitting import FirstHittingConfig, first_hitting_sample
+from .gaussian import GaussianConfig, gaussian_sample
 from .mdlm import AncestralConfig, ancestral_sample
 from .remdm import ReMDMConfig, remdm_sample
 from .sedd import SEDDAnalyticConfig, SEDDEulerConfig, sedd_analytic_sample, sedd_euler_sample
@@ -13,6 +17,10 @@ from .semi_ar import SemiARConfig, semi_ar_sample
 
 SAMPLERS = {"ancestral": (AncestralConfig, ancestral_sample), "ar": (ARConfig, ar_sample)}
 SAMPLERS["d3pm"] = (D3PMConfig, d3pm_sample)
+SAMPLERS["edit"] = (EditConfig, edit_sample)
+SAMPLERS["edit_flow"] = (EditFlowConfig, edit_flow_sample)
+SAMPLERS["entropy_bound"] = (EntropyBoundConfig, entropy_bound_sample)
+SAMPLERS["gaussian"] = (GaussianConfig, gaussian_sample)
 SAMPLERS.update(sedd=(SEDDEulerConfig, sedd_euler_sample), sedd_analytic=(SEDDAnalyticConfig, sedd_analytic_sample))
 SAMPLERS.update(confidence=(ConfidenceConfig, confidence_sample), threshold=(ThresholdConfig, threshold_sample),
                 block=(BlockConfig, block_sample), semi_ar=(SemiARConfig, semi_ar_sample),
@@ -31,7 +39,15 @@ SUMMARIES = {
              "writes past the model's length",
     "semi_ar": "masked models: sliding windows of ancestral sampling, to write past the model's length",
     "remdm": "masked models: ancestral sampling that may re-mask decoded tokens to correct them (ReMDM)",
+    "edit": "edit models' (diffuser) default (and only sampler): revision steps of tag (keep / delete / replace / "
+            "insert) then generate, from nothing, random tokens or a given text; `beam`/`revisions`: 2-D beam search",
+    "edit_flow": "Edit Flows models' default (and only sampler): Euler steps of the insert / delete / substitute "
+                 "CTMC from the empty sequence (or the input) to t = 1",
     "first_hitting": "masked models: one exact continuous-time reveal per forward pass (first-hitting sampler)",
+    "gaussian": "continuous embedding (Diffusion-LM) models' default (and only sampler): Gaussian reverse steps, "
+                "ancestral (eta=1) or DDIM (eta=0), clamping to embeddings, then rounding",
+    "entropy_bound": "uniform-state models: DiffusionGemma's entropy-bound canvas sampler (accept the lowest-entropy "
+                     "tokens up to `entropy_bound` nats, renoise the rest)",
 }
 
 __all__ = ["SAMPLERS", "SUMMARIES", "check_config", "ARConfig",

@@ -22,6 +22,9 @@ class Frame:
     step: int
     t: float
     ids: torch.Tensor  # [B, L], on the CPU
+    # edit samplers (the length changes): per row, the edits (edits.Edit list) from the previous frame's row to
+    # this one, and `ids` rows are padded with [MASK] ids to the longest; None for fixed-length samplers
+    edits: list | None = None
 
 
 class FrameRecorder:

@@ -24,6 +24,7 @@ from ..errors import UserError
 from ..processes.block import BlockDiffusion
 from ..processes.masked import MaskedDiffusion
 from .base import Frame, FrameRecorder, SampleResult
+from .cfg import guided
 from .unmasking import VIEWS, Rule, denoise_block
 
 
@@ -35,6 +36,7 @@ class ConfidenceConfig:
     cache: str = "none"  # "prefix" or "dual": Fast-dLLM's approximate KV caches
     temperature: float = 1.0
     top_p: float = 1.0
+    cfg_scale: float = 0.0  # LLaDA's classifier-free guidance on the fixed tokens (samplers/cfg.py); 0: none
 
 
 @dataclass
@@ -44,6 +46,7 @@ class ThresholdConfig:
     cache: str = "none"
     temperature: float = 1.0
     top_p: float = 1.0
+    cfg_scale: float = 0.0
 
 
 def blocks_with_masks(x: torch.Tensor, mask_id: int, block_length: int) -> list[tuple[int, int]]:
@@ -96,6 +99,7 @@ def confidence_sample(model: nn.Module, process: MaskedDiffusion, x: torch.Tenso
     if cfg.remasking not in ("low_confidence", "random"):
         raise UserError(f"remasking must be 'low_confidence' or 'random', got {cfg.remasking!r}")
     rule = Rule(cfg.remasking, cfg.steps, temperature=cfg.temperature, top_p=cfg.top_p)
+    model = guided(model, x, process.mask_id, cfg.cfg_scale)
     return parallel_decode(model, process, x, rule, cfg.block_length, cfg.cache, generator, record_frames, on_step)
 
 
@@ -105,4 +109,5 @@ def threshold_sample(model: nn.Module, process: MaskedDiffusion, x: torch.Tensor
                      on_step: Callable[[Frame], None] | None = None) -> SampleResult:
     """Fast-dLLM decoding: every token more confident than the threshold, at least one per step."""
     rule = Rule("threshold", threshold=cfg.threshold, temperature=cfg.temperature, top_p=cfg.top_p)
+    model = guided(model, x, process.mask_id, cfg.cfg_scale)
     return parallel_decode(model, process, x, rule, cfg.block_length, cfg.cache, generator, record_frames, on_step)

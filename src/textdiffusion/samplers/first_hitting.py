@@ -32,12 +32,14 @@ from torch import nn
 from ..processes.masked import MaskedDiffusion
 from ..schedules import Cosine, Linear, LogLinear, Schedule
 from .base import Frame, FrameRecorder, SampleResult, check_sampling_args, sample_categorical, select_from_logits
+from .cfg import guided
 
 
 @dataclass
 class FirstHittingConfig:
     temperature: float = 1.0
     top_p: float = 1.0
+    cfg_scale: float = 0.0  # LLaDA's classifier-free guidance on the fixed tokens (samplers/cfg.py); 0: none
 
 
 def time_at_alpha(schedule: Schedule, alpha: torch.Tensor | float) -> torch.Tensor:
@@ -88,6 +90,7 @@ def first_hitting_sample(
     """First-hitting sampler: one exact continuous-time reveal per forward pass (Zheng et al., 2024)."""
     check_sampling_args(1, cfg.temperature, cfg.top_p)
     mask_id = process.mask_id
+    model = guided(model, x, mask_id, cfg.cfg_scale)
     schedule = process.schedule
     x = x.clone()
     batch, device = x.shape[0], x.device

@@ -27,6 +27,7 @@ from .base import (
     select_from_logits,
     store_rows,
 )
+from .cfg import guided
 
 
 @dataclass
@@ -35,6 +36,7 @@ class AncestralConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     cache: bool = True  # used only when the denoiser is not time-conditioned
+    cfg_scale: float = 0.0  # LLaDA's classifier-free guidance on the fixed tokens (samplers/cfg.py); 0: none
 
 
 @torch.no_grad()
@@ -44,6 +46,7 @@ def ancestral_sample(model: nn.Module, process: MaskedDiffusion, x: torch.Tensor
     """Denoise `x` ([B, L]; [MASK] where text is to be generated, fixed tokens elsewhere)."""
     check_sampling_args(cfg.steps, cfg.temperature, cfg.top_p)
     mask_id = process.mask_id
+    model = guided(model, x, mask_id, cfg.cfg_scale)
     time_conditioned = bool(getattr(getattr(model, "cfg", None), "time_conditioning", True))
     use_cache = cfg.cache and not time_conditioned
     x = x.clone()

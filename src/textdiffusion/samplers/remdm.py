@@ -63,6 +63,7 @@ from .base import (
     select_from_logits,
     store_rows,
 )
+from .cfg import guided
 from .first_hitting import time_at_alpha
 
 SCHEDULES = ("cap", "rescale", "conf", "loop")
@@ -80,6 +81,7 @@ class ReMDMConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     cache: bool = True  # used only when the denoiser is not time-conditioned
+    cfg_scale: float = 0.0  # LLaDA's classifier-free guidance on the fixed tokens (samplers/cfg.py); 0: none
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,7 @@ def remdm_sample(
         raise UserError(f"ReMDM samples masked diffusion (MDLM) models, not {type(process).__name__}")
     plan = remdm_plan(process, cfg)
     mask_id = process.mask_id
+    model = guided(model, x, mask_id, cfg.cfg_scale)
     time_conditioned = bool(getattr(getattr(model, "cfg", None), "time_conditioning", True))
     use_cache = cfg.cache and not time_conditioned
     x = x.clone()

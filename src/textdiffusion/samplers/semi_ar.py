@@ -35,6 +35,7 @@ class SemiARConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     cache: bool = True
+    cfg_scale: float = 0.0  # classifier-free guidance in each window, on the text fixed before it (samplers/cfg.py)
 
     unbounded_length: ClassVar[bool] = True
 
@@ -60,7 +61,8 @@ def semi_ar_sample(model: nn.Module, process: MaskedDiffusion, x: torch.Tensor, 
         raise UserError(f"stride must be from 1 to {seq_len - 1} (windows must overlap to share context), "
                         f"got {cfg.stride!r}")
     stop = should_stop(cfg.stop_at_eos, cfg.eos_id, x.shape[1], seq_len)
-    inner = AncestralConfig(steps=cfg.steps, temperature=cfg.temperature, top_p=cfg.top_p, cache=cfg.cache)
+    inner = AncestralConfig(steps=cfg.steps, temperature=cfg.temperature, top_p=cfg.top_p, cache=cfg.cache,
+                            cfg_scale=cfg.cfg_scale)
     x = x.clone()
     generated = x == process.mask_id
     recorder = FrameRecorder(record_frames, on_step)

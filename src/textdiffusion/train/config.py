@@ -24,7 +24,7 @@ class DataConfig:
     tokenizer: str = "byte"  # byte | bpe | gpt2 | path to a HF tokenizer folder
     vocab_size: int = 4096  # for a trained bpe
     seq_len: int = 128
-    packing: str = "wrap"  # wrap | pad
+    packing: str = "wrap"  # wrap | pad | chat (SFT on a .jsonl of conversations: train/sft.py)
     val_fraction: float = 0.05
     split_seed: int = 0
     text_field: str = "text"
@@ -231,7 +231,8 @@ def _rules() -> list[tuple[str, str, Callable[[object], bool], str]]:
          "byte, bpe, gpt2 or a folder holding a Hugging Face tokenizer.json"),
         ("data", "vocab_size", lambda v: _integer(v) and v >= min_vocab, f"an integer >= {min_vocab}"),
         ("data", "seq_len", lambda v: _integer(v) and 2 <= v <= MAX_SEQ_LEN, f"an integer in [2, {MAX_SEQ_LEN}]"),
-        ("data", "packing", lambda v: v in ("wrap", "pad"), "wrap or pad"),
+        ("data", "packing", lambda v: v in ("wrap", "pad", "chat"),
+         "wrap or pad (or chat: SFT on a .jsonl of conversations)"),
         ("data", "val_fraction", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
         ("data", "split_seed", _integer, "an integer"),
         ("data", "text_field", _text, "a field name"),

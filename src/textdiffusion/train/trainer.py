@@ -29,6 +29,7 @@ from ..models import ModelConfig, Transformer
 from ..precision import resolve_precision
 from ..processes import DiffusionProcess, build_process
 from . import checkpoint as ckpt
+from . import sft
 from .config import Config
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .optim import EMA, build_optimizer, lr_at
@@ -47,6 +48,8 @@ def pick_device(name: str) -> torch.device:
 def plan_data_split(cfg: Config) -> Split:
     """How cfg's source splits into training and validation; counted unless it is streamed."""
     d = cfg.data
+    if d.packing == "chat":  # conversations for SFT: split by conversation (train/sft.py)
+        return sft.plan_chat_split(cfg)
     streamed = d.streaming or d.source.startswith("hf:")
     return plan_split(d.source, d.val_fraction, d.split_seed, d.text_field, d.hf_split, count=not streamed)
 
@@ -57,6 +60,9 @@ def _docs(cfg: Config, split: str, plan: Split | None = None):
 
 
 def _limited_texts(cfg: Config, plan: Split | None = None):
+    if cfg.data.packing == "chat":
+        yield from sft.training_texts(cfg, plan)
+        return
     seen = 0
     for doc in _docs(cfg, "train", plan):
         yield doc
@@ -90,12 +96,16 @@ def model_config(cfg: Config, tok: Tokenizer, process: DiffusionProcess | None =
     fields = asdict(cfg.model)
     if process is not None and process.needs_time_conditioning:
         fields["time_conditioning"] = True
+    if process is not None:
+        fields.update(process.model_fields())  # e.g. the embedding width of continuous diffusion
     causal = process is not None and process.causal
     return ModelConfig(vocab_size=tok.vocab_size, seq_len=cfg.data.seq_len, causal=causal, **fields)
 
 
 def make_batches(cfg: Config, tok: Tokenizer, plan: Split | None = None):
     d = cfg.data
+    if d.packing == "chat":  # (ids, reply mask) batches
+        return sft.make_chat_batches(cfg, tok, plan)
     if d.streaming or d.source.startswith("hf:"):
         return StreamBatches(lambda: iter_chunks(_docs(cfg, "train", plan), tok, d.seq_len, d.packing),
                              cfg.train.batch_size)
@@ -104,6 +114,8 @@ def make_batches(cfg: Config, tok: Tokenizer, plan: Split | None = None):
 
 
 def validation_chunks(cfg: Config, tok: Tokenizer, limit: int, plan: Split | None = None) -> torch.Tensor:
+    if cfg.data.packing == "chat":  # (ids, reply mask): the bound of the replies given their prompts
+        return sft.chat_validation(cfg, tok, plan, limit)
     rows = []
     for row in iter_chunks(_docs(cfg, "validation", plan), tok, cfg.data.seq_len, cfg.data.packing):
         rows.append(row)
@@ -156,7 +168,8 @@ class Trainer:
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.batches = make_batches(cfg, self.tok, self.split)
         # a fixed number of validation chunks, whatever the process count or micro-batch
-        self.val = validation_chunks(cfg, self.tok, cfg.run.eval_batches * t.batch_size, self.split)
+        val = validation_chunks(cfg, self.tok, cfg.run.eval_batches * t.batch_size, self.split)
+        self.val, self.val_mask = val if isinstance(val, tuple) else (val, None)  # mask: SFT's replies
         if self.info.is_main:
             print(f"data: {self.split.describe(cfg.data.source)}", flush=True)
         self.noise_gen = torch.Generator().manual_seed(t.seed)
@@ -189,10 +202,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, t.lr, t.warmup_steps, t.steps, t.min_lr_ratio)
         x_global = self.batches.next_global()
+        x_global, reply_global = x_global if isinstance(x_global, tuple) else (x_global, None)  # SFT rows
         noise_global = self.process.train_noise(x_global, self.noise_gen)
         local = t.batch_size // info.world_size
         rows = slice(info.rank * local, (info.rank + 1) * local)
         n_global_tokens = x_global.numel()
+        # the loss is a per-token mean, or for SFT a per-row mean of reply-normalised losses (train/sft.py)
+        n_global = n_global_tokens if reply_global is None else x_global.shape[0]
         total = torch.zeros((), dtype=torch.float64)
         n_micro = local // self.micro_batch
         for i in range(n_micro):
@@ -201,9 +217,12 @@ class Trainer:
             noise = {k: v[part].to(self.device) for k, v in noise_global.items()}
             sync = i == n_micro - 1 or not info.enabled
             with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self._autocast():
-                out = self.process.loss(self.forward_model, x0, noise)
+                if reply_global is None:
+                    out = self.process.loss(self.forward_model, x0, noise)
+                else:
+                    out = sft.sft_loss(self.process, self.forward_model, x0, noise, reply_global[part].to(self.device))
             # DDP averages gradients over ranks; scale so the result is the global per-token mean.
-            (out.total * info.world_size / n_global_tokens).backward()
+            (out.total * info.world_size / n_global).backward()
             total += out.total.detach().double().cpu()
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -213,7 +232,7 @@ class Trainer:
             self.ema.update(self.model)
         self.step += 1
         self.tokens_seen += n_global_tokens
-        return float(all_reduce_sum(total, info) / n_global_tokens)
+        return float(all_reduce_sum(total, info) / n_global)
 
     def run(self) -> Path:
         r, info = self.cfg.run, self.info
@@ -259,7 +278,8 @@ class Trainer:
     def evaluate(self) -> dict:
         model = self.inference_model()
         with self._autocast():
-            res = nelbo(model, self.process, self.val, t_samples=1, batch_size=self.micro_batch, seed=1234)
+            res = nelbo(model, self.process, self.val, t_samples=1, batch_size=self.micro_batch, seed=1234,
+                        loss_mask=self.val_mask)
         row = {"step": self.step, "val_nelbo": res.nats_per_token, "val_stderr": res.stderr,
                "val_ppl_bound": res.perplexity, "val_tokens": res.n_tokens}
         self._log(row)
@@ -276,9 +296,11 @@ class Trainer:
             sampler_cfg.steps = self.cfg.run.sample_steps
         model = self.inference_model()
         x = torch.full((1, self.cfg.data.seq_len), self.tok.mask_id, device=self.device)
+        if self.val_mask is not None:  # SFT: answer the first validation prompt
+            x = torch.where(self.val_mask[:1], x.cpu(), self.val[:1]).to(self.device)
         gen = torch.Generator(device=self.device).manual_seed(self.step)
         with self._autocast():
-            out = sample(model, self.process, x, sampler_cfg, generator=gen)
+            out = sample(self.process.denoiser(model), self.process, x, sampler_cfg, generator=gen)
         self._log({"step": self.step, "sample": self.tok.decode(out.ids[0].tolist())})
 
     def _trim_metrics(self) -> None:
@@ -324,6 +346,8 @@ class Trainer:
             if self.ema is not None:
                 ckpt.save_weights(self.ema.shadow, folder / ckpt.EMA_FILE)
             self.tok.save(folder)
+            if self.cfg.data.packing == "chat":
+                sft.save_chat_template(self.cfg, folder)
             ckpt.save_trainer_state(state, folder)
 
         ckpt.atomic_folder(self.ckpt_dir, write)

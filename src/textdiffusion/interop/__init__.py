@@ -1,0 +1,82 @@
+"""Outside model formats: one module each, turning a local folder into our (model, process, tokenizer).
+
+`FORMATS` lists the modules by name, tried in this order (the generic masked-LM reader last); they are
+imported only when a folder is loaded, since transformers is slow to import and `import textdiffusion`
+must stay fast. A module not present in this installation is skipped. See `base.py` for the contract.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .base import Loaded
+
+FORMATS: tuple[str, ...] = ("kuleshov", "llada", "dream", "diffusion_gemma", "masked_lm")
+
+
+def format_module(name: str) -> ModuleType | None:
+    """The format module `name`, or None when this installation lacks it."""
+    qualified = f"{__name__}.{name}"
+    try:
+        return importlib.import_module(qualified)
+    except ModuleNotFoundError as exc:
+        if exc.name == qualified:  # the module itself is absent; a missing dependency inside it is a real error
+            return None
+        raise
+
+
+def read_folder_config(folder: Path) -> dict:
+    """A folder's config.json as a dict, whatever wrote it."""
+    path = Path(folder) / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError covers bad JSON and bad UTF-8
+        raise UserError(f"{path} is unreadable or corrupt ({' '.join(str(exc).split())}): restore or re-train it") \
+            from exc
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path} is not a model config (it holds no JSON object): restore it")
+    return cfg
+
+
+def find_format(folder: str | Path, config: dict | None = None) -> ModuleType:
+    """The one format module whose `matches(folder, config)` is true."""
+    folder = Path(folder)
+    config = read_folder_config(folder) if config is None else config
+    present = []
+    for name in FORMATS:
+        module = format_module(name)
+        if module is None:
+            continue
+        present.append(module.NAME)
+        if module.matches(folder, config):
+            return module
+    kind = config.get("model_type") or config.get("format") or "unknown"
+    raise UserError(f"{folder / 'config.json'} is not a textdiffusion model config nor one of the known formats "
+                    f"({', '.join(['textdiffusion', *present])}; its model_type is {kind!r}): "
+                    "pass a folder of one of these")
+
+
+def load_folder(folder: Path, device: torch.device, dtype: str | torch.dtype | None = None,
+                use_ema: bool = True) -> Loaded:
+    """Dispatch: our own format marker first, then the first of `FORMATS` that matches. Returns a `Loaded`
+    whose config holds at least {"format", "source"} and, for outside formats, "load" (memory, time)."""
+    from . import native
+    from .weights import resolve_dtype
+
+    folder = Path(folder)
+    config = read_folder_config(folder)
+    dtype = resolve_dtype(dtype)
+    if native.matches(folder, config):
+        return native.load(folder, device, dtype, use_ema=use_ema)
+    loaded = find_format(folder, config).load(folder, device, dtype)
+    loaded.config.setdefault("source", str(folder))
+    return loaded

@@ -1,0 +1,168 @@
+"""A bidirectional LLaMA / Qwen2-style transformer: the network of LLaDA and Dream, written here so that
+their folders load without running their remote code.
+
+Pre-norm blocks (RMSNorm), rotary positions (rotate-half form, base `rope_theta`), grouped-query attention
+without any mask (every position sees every other), SwiGLU MLP, optional q/k/v biases (Qwen2), output head
+optionally tied to the embedding. Parameter names follow transformers' LlamaForCausalLM without the
+"model." prefix, so the adapters only rename. The tests check it against transformers' Llama and Qwen2
+classes run with a full bidirectional attention mask.
+
+The call is our denoiser's: model(ids [B, L], t) -> logits [B, L, V] over the tokenizer's V ids (the
+embedding may have more rows; those logits are cut, so such ids are never sampled). `shift_logits`
+(Dream): the logits for position i are the network's output at i - 1 (position 0 keeps its own).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+
+
+@dataclass
+class LlamaLikeConfig:
+    embed_rows: int  # rows of the embedding and the output head (often more than the tokenizer has)
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    rms_norm_eps: float
+    rope_theta: float
+    seq_len: int  # the longest input the samplers are told to use
+    vocab_size: int  # the tokenizer's ids: the logits returned
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    shift_logits: bool = False
+    head_dim: int | None = None
+    samplers_hint: str = "ancestral, confidence, threshold (cache=none), remdm, first_hitting, semi_ar"
+    causal: bool = False
+    time_conditioning: bool = False
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_heads
+        if self.num_heads % self.num_kv_heads:
+            raise UserError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}: "
+                            "the config.json is inconsistent")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaLikeConfig):
+        super().__init__()
+        d, h, kv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+        self.heads, self.kv_heads, self.head_dim = h, kv, d
+        self.q_proj = nn.Linear(cfg.hidden_size, h * d, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, kv * d, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, kv * d, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(h * d, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = self.q_proj(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        q = (q * cos + _rotate_half(q) * sin).to(v.dtype)
+        k = (k * cos + _rotate_half(k) * sin).to(v.dtype)
+        groups = self.heads // self.kv_heads
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v)  # no mask: bidirectional
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: LlamaLikeConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LlamaLikeConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaLike(nn.Module):
+    def __init__(self, cfg: LlamaLikeConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.embed_rows, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.embed_rows, bias=False)
+        inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def new_cache(self):
+        raise UserError("this model has no KV cache: use samplers " + self.cfg.samplers_hint)
+
+    def forward(self, ids: torch.Tensor, t: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        if kwargs:
+            raise UserError("this model has no KV cache: use samplers " + self.cfg.samplers_hint)
+        x = self.embed_tokens(ids)
+        positions = torch.arange(ids.shape[1], device=ids.device, dtype=torch.float32)
+        freqs = torch.outer(positions, self.inv_freq.to(ids.device))
+        angles = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = angles.cos()[None, None], angles.sin()[None, None]
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        x = self.norm(x)
+        head = self.embed_tokens.weight if self.cfg.tie_embeddings else self.lm_head.weight
+        logits = F.linear(x, head[: self.cfg.vocab_size])
+        if self.cfg.shift_logits:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
+
+
+def load_llama_like(folder, device: torch.device, dtype: torch.dtype | None, cfg: LlamaLikeConfig,
+                    rename, tokenizer, name: str, extra: dict | None = None):
+    """Stream a folder's weights into an empty LlamaLike and wrap it with the masked process."""
+    from ..processes import MaskedDiffusion
+    from .base import Loaded
+    from .weights import load_weights
+
+    model, stats = load_weights(lambda: LlamaLike(cfg), folder, device, dtype, rename)
+    process = MaskedDiffusion(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id, schedule="loglinear")
+    config = {"format": name, "source": str(folder), "model": cfg.to_dict(),
+              "process": {"name": process.name, **process.config()}, "load": {"format": name, **stats},
+              **(extra or {})}
+    return Loaded(model, process, tokenizer, config)

@@ -1,0 +1,407 @@
+"""The ASGI app: OpenAI-compatible routes, infill and score, health, metrics and the playground.
+
+    app = create_app(Pipeline.from_pretrained(folder), model_dir=folder)
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sse_starlette.sse import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..chat import apply_chat_template, find_chat_template
+from ..errors import UserError
+from ..pipeline import Pipeline
+from ..samplers import SAMPLERS
+from .engine import DONE, Engine, Job, Limits, Overloaded, Stop
+from .generation import STARTED, Finished, prepare_completion, prepare_infill
+from .metrics import Metrics
+from .schemas import ChatRequest, CompletionRequest, InfillRequest, ScoreRequest
+from .streaming import Update
+
+STATIC = Path(__file__).resolve().parent / "static"
+# which samplers each family's models run (what /v1/models and the playground offer); others: their default
+FAMILY_SAMPLERS = {
+    "masked": ("ancestral", "confidence", "threshold", "first_hitting", "remdm", "semi_ar"),
+    "block": ("block",), "autoregressive": ("ar",), "d3pm": ("d3pm",), "sedd": ("sedd", "sedd_analytic"),
+}
+log = logging.getLogger("textdiffusion.serve")
+
+
+class APIError(Exception):
+    """An error answered as OpenAI's error JSON: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+
+def error_body(message: str, status: int, param: str | None = None, code: str | None = None) -> dict:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    if status == 429:
+        kind = "rate_limit_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _as_api_error(exc: BaseException) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, UserError):
+        return APIError(400, " ".join(str(exc).split()), code="invalid_value")
+    if isinstance(exc, Overloaded):
+        return APIError(429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, Stop) and exc.reason == "timeout":
+        return APIError(400, "the request ran past this server's time limit per request: ask for fewer steps, "
+                             "tokens or samples", code="time_limit_exceeded")
+    log.exception("request failed", exc_info=exc)
+    return APIError(500, f"internal error: {type(exc).__name__}", code="internal_error")
+
+
+# pydantic names the member of a union that failed ("constrained-str", "list[int]"): not a field
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|constrained-\w+|\w[\w-]*\[.*\])$")
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """One line naming each bad field and what is wrong with it, and the first field (OpenAI's `param`)."""
+    problems: dict[str, list[str]] = {}
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ()) if x != "body" and not _UNION_TAG.match(str(x))]
+        msg = {"extra_forbidden": "unknown field: remove it (the schema is at /openapi.json)",
+               "missing": "required field is missing",
+               "json_invalid": "the body is not valid JSON"}.get(err.get("type"), err.get("msg", "invalid"))
+        messages = problems.setdefault(".".join(loc) or "body", [])
+        if msg not in messages:
+            messages.append(msg)
+    parts = [f"{where}: {' or '.join(msgs)}" for where, msgs in list(problems.items())[:5]]
+    return "; ".join(parts), next(iter(problems), None)
+
+
+def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str | Path | None = None,
+               limits: Limits | None = None, batching: bool = True, chat_template: str | None = None,
+               max_wait_s: float = 0.02) -> FastAPI:
+    """The server's app for one model. `model_dir` is only read for a chat template, at start-up.
+
+    `max_wait_s`: how long a gathered forward pass waits for requests still busy between two steps."""
+    engine = Engine(pipe, limits, batching=batching, max_wait_s=max_wait_s)
+    metrics = Metrics(engine)
+    # the folder's own template only: our default template (textdiffusion.chat) means nothing to a model
+    # that was not fine-tuned on it
+    chat = chat_template if chat_template is not None else find_chat_template(model_dir)
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.close()
+
+    app = FastAPI(title="textdiffusion", version="1", lifespan=lifespan,
+                  description="Diffusion language models over HTTP, OpenAI-compatible, with streamed denoising.")
+    app.state.engine, app.state.metrics = engine, metrics
+
+    # ---- errors: always OpenAI's JSON shape ------------------------------------------------------
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return JSONResponse(error_body(message, 400, param, "invalid_value"), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = {404: f"no route {request.url.path}: the API is described at /openapi.json",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        return JSONResponse(error_body(message, exc.status_code), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        err = _as_api_error(exc)
+        if err.status == 429:
+            metrics.rejected.inc()
+        return JSONResponse(error_body(err.message, err.status, err.param, err.code), status_code=err.status,
+                            headers=err.headers)
+
+    for kind in (APIError, UserError, Overloaded, Stop, Exception):  # Exception last: a 500, logged
+        app.add_exception_handler(kind, on_error)
+
+    class CountRequests:
+        """Counts requests by route and status (plain ASGI: streams and their disconnects pass through untouched)."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send) -> None:
+            if scope["type"] != "http":
+                return await self.inner(scope, receive, send)
+            start, status = time.perf_counter(), [500]
+
+            async def sending(message) -> None:
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await self.inner(scope, receive, sending)
+            finally:
+                path = getattr(scope.get("route"), "path", "other")
+                metrics.requests.labels(path, str(status[0])).inc()
+                metrics.latency.labels(path).observe(time.perf_counter() - start)
+
+    app.add_middleware(CountRequests)
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name != model_name:
+            raise APIError(404, f"model {name!r} is not served here: this server serves {model_name!r} "
+                                "(GET /v1/models)", param="model", code="model_not_found")
+
+    # ---- running a request -----------------------------------------------------------------------
+    async def start(work: Callable[[Job], object], request: Request) -> Job:
+        """Submit the work and wait until its sampler has accepted the options (or refused them): a bad
+        option is a 400, not an error inside a stream. A client that leaves while waiting cancels the job."""
+        job = engine.submit(work)
+        first = asyncio.ensure_future(job.events.get())
+        try:
+            while not (await asyncio.wait({first}, timeout=0.25))[0]:
+                if await request.is_disconnected():
+                    raise APIError(499, "client closed the request")
+        except BaseException:
+            first.cancel()
+            job.cancel()
+            raise
+        if first.result() is DONE:
+            job.future.result()  # raises the sampler's complaint
+        return job
+
+    async def finish_plain(request: Request, job: Job) -> Finished:
+        while True:  # a plain request is cancelled too when its client goes away
+            done, _ = await asyncio.wait({job.future}, timeout=0.25)
+            if done:
+                return job.future.result()
+            if await request.is_disconnected():
+                job.cancel()
+                raise APIError(499, "client closed the request")
+
+    def stream(job: Job, chunk: Callable[[list[Update]], dict], final: Callable[[Finished], list[dict]]):
+        async def events() -> AsyncIterator[dict]:
+            finished = False
+            try:
+                while True:
+                    event = await job.events.get()
+                    if event is DONE:
+                        break
+                    if event is STARTED:
+                        continue
+                    job.taken(event)
+                    yield {"data": json.dumps(chunk(event), ensure_ascii=False)}
+                try:
+                    result = job.future.result()
+                except Exception as exc:  # noqa: BLE001 - the client hears of it in the stream
+                    err = _as_api_error(exc)
+                    yield {"data": json.dumps(error_body(err.message, err.status, err.param, err.code))}
+                else:
+                    metrics.tokens.inc(result.completion_tokens)
+                    for body in final(result):
+                        yield {"data": json.dumps(body, ensure_ascii=False)}
+                yield {"data": "[DONE]"}
+                finished = True
+            finally:
+                if not finished:  # the client went away: stop its sampler at the next step
+                    job.cancel()
+
+        return EventSourceResponse(events(), ping=15, headers={"Cache-Control": "no-store"})
+
+    def extras(update: Update) -> dict:
+        return {"diffusion": update.diffusion} if update.diffusion else {}
+
+    def usage(result: Finished) -> dict:
+        return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                "total_tokens": result.prompt_tokens + result.completion_tokens}
+
+    def info(prepared, result: Finished) -> dict:
+        return {"sampler": prepared.sampler, "seed": prepared.seed, "frames": result.frames,
+                "options": prepared.options, "stopped_early": result.stopped_early}
+
+    # ---- routes ------------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def playground() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": model_name, "running": engine.running, "queued": engine.queued}
+
+    @app.get("/metrics", response_class=Response)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        process = pipe.process
+        known = FAMILY_SAMPLERS.get(process.name, (process.default_sampler,))
+        samplers = [name for name in known if name in SAMPLERS and _runs(pipe, name)]
+        return {"object": "list", "data": [{
+            "id": model_name, "object": "model", "created": created, "owned_by": "textdiffusion",
+            "seq_len": pipe.seq_len, "process": process.name, "default_sampler": process.default_sampler,
+            "samplers": samplers, "chat_template": chat is not None,
+            "limits": vars(engine.limits)}]}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        check_model(body.model)
+        prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+        prepared = prepare_completion(engine.pipe, body, engine.limits, prompt, body.max_tokens, body.stop)
+        job = await start(prepared.work, request)
+        ident, now = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        head = {"id": ident, "object": "text_completion", "created": now, "model": model_name}
+        echo = prompt if body.echo else ""
+        if body.stream:
+            echoed: set[int] = set()
+
+            def text(index: int, delta: str) -> str:
+                if echo and index not in echoed:
+                    echoed.add(index)
+                    return echo + delta
+                return delta
+
+            def chunk(updates: list[Update]) -> dict:
+                return {**head, "choices": [{"index": u.index, "text": text(u.index, u.delta), "logprobs": None,
+                                             "finish_reason": None, **extras(u)} for u in updates]}
+
+            def final(result: Finished) -> list[dict]:
+                bodies = [{**head, "choices": [{"index": i, "text": text(i, rest), "logprobs": None,
+                                                "finish_reason": reason} for i, (_, rest, reason)
+                                               in enumerate(result.rows)],
+                           "diffusion": info(prepared, result)}]
+                if body.stream_options is not None and body.stream_options.include_usage:
+                    bodies.append({**head, "choices": [], "usage": usage(result)})
+                return bodies
+
+            return stream(job, chunk, final)
+        result = await finish_plain(request, job)
+        metrics.tokens.inc(result.completion_tokens)
+        return {**head, "choices": [{"index": i, "text": echo + text, "logprobs": None, "finish_reason": reason}
+                                    for i, (text, _, reason) in enumerate(result.rows)],
+                "usage": usage(result), "diffusion": info(prepared, result)}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request):
+        check_model(body.model)
+        if chat is None:
+            raise APIError(400, f"model {model_name!r} has no chat template (its tokenizer folder has no "
+                                "chat_template.jinja and no chat_template in tokenizer_config.json): use "
+                                "/v1/completions with a plain prompt", param="messages", code="no_chat_template")
+        prompt = apply_chat_template(engine.pipe.tokenizer, [m.model_dump(exclude_none=True) for m in body.messages],
+                                     template=chat)
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        prepared = prepare_completion(engine.pipe, body, engine.limits, prompt, max_tokens, body.stop)
+        job = await start(prepared.work, request)
+        ident, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        head = {"id": ident, "created": now, "model": model_name}
+        if body.stream:
+            greeted: set[int] = set()
+
+            def delta(index: int, content: str) -> dict:
+                out = {"content": content}
+                if index not in greeted:
+                    greeted.add(index)
+                    out["role"] = "assistant"
+                return out
+
+            def chunk(updates: list[Update]) -> dict:
+                return {**head, "object": "chat.completion.chunk",
+                        "choices": [{"index": u.index, "delta": delta(u.index, u.delta), "logprobs": None,
+                                     "finish_reason": None, **extras(u)} for u in updates]}
+
+            def final(result: Finished) -> list[dict]:
+                bodies = [{**head, "object": "chat.completion.chunk",
+                           "choices": [{"index": i, "delta": delta(i, rest), "logprobs": None, "finish_reason": reason}
+                                       for i, (_, rest, reason) in enumerate(result.rows)],
+                           "diffusion": info(prepared, result)}]
+                if body.stream_options is not None and body.stream_options.include_usage:
+                    bodies.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(result)})
+                return bodies
+
+            return stream(job, chunk, final)
+        result = await finish_plain(request, job)
+        metrics.tokens.inc(result.completion_tokens)
+        return {**head, "object": "chat.completion",
+                "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                             "finish_reason": reason} for i, (text, _, reason) in enumerate(result.rows)],
+                "usage": usage(result), "diffusion": info(prepared, result)}
+
+    @app.post("/v1/infill")
+    async def infill(body: InfillRequest, request: Request):
+        check_model(body.model)
+        prepared = prepare_infill(engine.pipe, body, engine.limits, body.prompt)
+        job = await start(prepared.work, request)
+        head = {"id": f"infill-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model_name}
+        if body.stream:
+            def chunk(updates: list[Update]) -> dict:
+                return {**head, "object": "infill.chunk",
+                        "choices": [{"index": u.index, "text": u.delta, "finish_reason": None, **extras(u)}
+                                    for u in updates]}
+
+            def final(result: Finished) -> list[dict]:
+                return [{**head, "object": "infill.chunk",
+                         "choices": [{"index": i, "text": rest, "fills": result.fills[i] if result.fills else [],
+                                      "finish_reason": "length"} for i, (_, rest, _) in enumerate(result.rows)],
+                         "diffusion": info(prepared, result)}]
+
+            return stream(job, chunk, final)
+        result = await finish_plain(request, job)
+        metrics.tokens.inc(result.completion_tokens)
+        return {**head, "object": "infill",
+                "choices": [{"index": i, "text": text, "fills": result.fills[i], "finish_reason": "length"}
+                            for i, (text, _, _) in enumerate(result.rows)],
+                "usage": usage(result), "diffusion": info(prepared, result)}
+
+    @app.post("/v1/score")
+    async def score(body: ScoreRequest, request: Request):
+        check_model(body.model)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if sum(map(len, texts)) > engine.limits.max_score_chars:
+            raise APIError(400, f"the input holds {sum(map(len, texts)):,} characters, more than this server's "
+                                f"limit of {engine.limits.max_score_chars:,} per request: split it", param="input",
+                           code="invalid_value")
+
+        def work(job: Job) -> list:
+            job.push(STARTED)
+            return engine.pipe.score(texts, t_samples=body.t_samples, seed=body.seed, progress=False)
+
+        job = await start(work, request)
+        results = await finish_plain(request, job)
+        return {"object": "list", "model": model_name, "data": [
+            {"object": "score", "index": i, "nats_per_token": _finite(r.nats_per_token),
+             "bits_per_token": _finite(r.bits_per_token), "perplexity": _finite(math.exp(min(r.nats_per_token, 709.0))),
+             "stderr": _finite(r.stderr), "tokens": r.n_tokens, "t_samples": r.t_samples, "exact": r.exact}
+            for i, r in enumerate(results)]}
+
+    return app
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no inf or nan: a standard error from one draw, or a perplexity that overflows, is null."""
+    return value if math.isfinite(value) else None
+
+
+def _runs(pipe: Pipeline, sampler: str) -> bool:
+    try:
+        pipe.max_length(sampler)
+    except UserError:
+        return False
+    return True

@@ -1,0 +1,133 @@
+"""One request's work: check it against the limits, run it through `Pipeline`, gather its text.
+
+`prepare_*` run in the event loop and raise UserError (HTTP 400) for anything wrong that can be seen
+before sampling; `Prepared.work` runs in a worker thread (engine.py) and returns a `Finished`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from ..errors import UserError
+from ..pipeline import Pipeline
+from ..samplers import Frame
+from .engine import Job, Limits, Stop
+from .schemas import SamplingFields
+from .streaming import TextTracker, Update, merge_updates
+
+STARTED = "started"  # the first event of every job: its sampler accepted the options
+
+
+@dataclass
+class Finished:
+    rows: list[tuple[str, str, str]]  # per row: (text, text not streamed yet, finish_reason)
+    prompt_tokens: int
+    completion_tokens: int
+    frames: int
+    fills: list[list[str]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+@dataclass
+class Prepared:
+    pipe: Pipeline
+    kind: str  # "completion" or "infill"
+    sampler: str
+    options: dict
+    seed: int
+    n: int
+    stops: list[str]
+    stream_mode: str
+    prompt: str | None = None  # completion: the prompt's text (None: no prompt)
+    prompt_tokens: int = 0
+    length: int = 0  # completion: prompt + generated tokens
+    infill_text: str | None = None
+    tracker: TextTracker | None = None
+
+    def work(self, job: Job) -> Finished:
+        """Runs in a worker thread: the pipeline call, with the job's on_step hook (cancellation, stream)."""
+        started = False
+
+        def on_frame(frame: Frame) -> bool:
+            nonlocal started
+            if not started:
+                started = True
+                job.push(STARTED)
+            updates: list[Update] = self.tracker.frame(frame)
+            if updates:
+                job.push_merging(updates, merge_updates)
+            return self.tracker.all_stopped
+
+        job.on_frame = on_frame
+        stopped_early = False
+        try:
+            if self.kind == "infill":
+                out = self.pipe.infill(self.infill_text, num_samples=self.n, sampler=self.sampler, seed=self.seed,
+                                       on_step=job.on_step, progress=False, **self.options)
+                ids, fills = out.ids, out.fills
+            else:
+                out = self.pipe.generate(num_samples=self.n, length=self.length, prompt=self.prompt,
+                                         sampler=self.sampler, seed=self.seed, on_step=job.on_step, progress=False,
+                                         **self.options)
+                ids, fills = out.ids, []
+        except Stop as stop:
+            if stop.reason != "stopped":
+                raise
+            ids, fills, stopped_early = job.last_frame.ids, [], True
+        rows = self.tracker.finish(ids)
+        generated = ids.shape[1] - self.tracker.start if self.kind != "infill" else int(
+            (self.pipe.encode_gapped(self.infill_text)[0] == self.pipe.tokenizer.mask_id).sum())
+        return Finished(rows, self.prompt_tokens, generated * self.n, job.frames, fills, stopped_early)
+
+
+def _stops(stop: str | list[str] | None) -> list[str]:
+    return [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
+
+
+def _common(pipe: Pipeline, req: SamplingFields, limits: Limits) -> tuple[str, dict, int]:
+    """The sampler's name, its options and the seed, checked against the server's limits."""
+    sampler = req.sampler or pipe.process.default_sampler
+    pipe.max_length(sampler)  # an unknown sampler, or one that cannot run this model: UserError
+    if req.n > limits.max_n:
+        raise UserError(f"n is {req.n}, more than this server's limit of {limits.max_n} samples per request")
+    if req.steps is not None and req.steps > limits.max_steps:
+        raise UserError(f"steps is {req.steps}, more than this server's limit of {limits.max_steps}")
+    options = dict(req.options or {})
+    clash = {"steps", "temperature", "top_p"} & set(options)
+    if clash:
+        raise UserError(f"give {', '.join(sorted(clash))} as top-level fields, not inside options")
+    options.update({k: v for k, v in {"steps": req.steps, "temperature": req.temperature,
+                                      "top_p": req.top_p}.items() if v is not None})
+    seed = req.seed if req.seed is not None else secrets.randbelow(2**31 - 1)
+    return sampler, options, seed
+
+
+def prepare_completion(pipe: Pipeline, req: SamplingFields, limits: Limits, prompt: str, max_tokens: int | None,
+                       stop: str | list[str] | None) -> Prepared:
+    sampler, options, seed = _common(pipe, req, limits)
+    prompt_ids = pipe.tokenizer.encode(prompt) if prompt else []
+    bound = pipe.max_length(sampler)
+    limit = bound if bound is not None else limits.max_length
+    room = limit - len(prompt_ids)
+    if room < 1:
+        raise UserError(f"the prompt is {len(prompt_ids)} tokens, which leaves no room in the {limit} tokens "
+                        f"that sampler {sampler!r} writes here: shorten it")
+    if max_tokens is None:
+        max_tokens = min(room, max(pipe.seq_len - len(prompt_ids), 16))
+    if max_tokens > room:
+        raise UserError(f"max_tokens is {max_tokens} but at most {room} fit after the {len(prompt_ids)}-token prompt "
+                        f"(sampler {sampler!r} writes at most {limit} tokens"
+                        + (" on this server)" if bound is None else "; samplers 'block' and 'semi_ar' write more)"))
+    length = len(prompt_ids) + max_tokens
+    tracker = TextTracker(pipe.tokenizer, len(prompt_ids), req.n, sampler, _stops(stop), req.stream_mode)
+    return Prepared(pipe, "completion", sampler, options, seed, req.n, _stops(stop), req.stream_mode,
+                    prompt=prompt or None, prompt_tokens=len(prompt_ids), length=length, tracker=tracker)
+
+
+def prepare_infill(pipe: Pipeline, req: SamplingFields, limits: Limits, text: str) -> Prepared:
+    sampler, options, seed = _common(pipe, req, limits)
+    ids, _ = pipe.encode_gapped(text)  # bad gaps, or too long for the model: UserError
+    tracker = TextTracker(pipe.tokenizer, 0, req.n, sampler, [], req.stream_mode)
+    return Prepared(pipe, "infill", sampler, options, seed, req.n, [], req.stream_mode,
+                    prompt_tokens=int((ids != pipe.tokenizer.mask_id).sum()), infill_text=text, tracker=tracker)

@@ -1,0 +1,128 @@
+"""AR -> diffusion adaptation (DiffuLLaMA, Gong et al., 2025, Sec. 3.2; Dream, Ye et al., 2025): start a masked
+diffusion model from a trained autoregressive baseline instead of from scratch.
+
+* **Logit shift.** The AR model's output at position l (reading [START] x_0 ... x_{l-1}) predicts x_l. The adapted
+  denoiser keeps that: it reads [START] x_t (L + 1 tokens, positions 0..L, as the AR model placed them) and
+  position l's logits, which read x_t[l - 1] and everything else, predict x0_l. So no weight has to learn a new
+  job: only the attention widens. `process.logit_shift=true` on a masked model stores this in its config.
+* **Attention-mask annealing.** Training starts from the AR model's causal mask and opens it to full
+  bidirectional attention over `anneal_steps` steps: at step s each query may also see each future key with
+  probability min(1, s / anneal_steps) (DiffuLLaMA's annealing of the causal mask), drawn anew per step.
+  Evaluation and sampling always use the full bidirectional model.
+
+`AdaptTrainer(cfg, ar_dir, anneal_steps)` is the trainer with the AR weights loaded at the start (a run resumed
+from its own checkpoint keeps its weights) and the annealed mask set for each step; `FinetuneTrainer(cfg, folder)`
+starts any run from a trained model of the same shape (SFT of a pretrained or adapted model).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data.tokenizers import META_FILE, load_tokenizer
+from ..errors import UserError
+from . import checkpoint as ckpt
+from .config import Config
+from .trainer import Trainer
+
+
+class ShiftedDenoiser(nn.Module):
+    """A denoiser from a causal-trained backbone: logits for x_t [B, L] from the backbone on [START] x_t (module
+    notes); `attn_mask` [L + 1, L + 1] (True: may attend) restricts its attention while annealing."""
+
+    def __init__(self, model: nn.Module, start_id: int, attn_mask: torch.Tensor | None = None):
+        super().__init__()
+        self.model, self.start_id, self.attn_mask = model, start_id, attn_mask
+        self.cfg = getattr(model, "cfg", None)
+
+    def new_cache(self):
+        raise UserError("a logit-shifted (AR-adapted) model runs without a KV cache: use cache=none, or samplers "
+                        "ancestral, remdm, first_hitting, semi_ar")
+
+    def forward(self, ids: torch.Tensor, t: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        if kwargs.get("cache") is not None:
+            self.new_cache()
+        start = torch.full_like(ids[:, :1], self.start_id)
+        length = ids.shape[1]
+        positions = torch.arange(length + 1, device=ids.device)  # past seq_len: rotary angles are computed
+        out = self.model(torch.cat([start, ids], dim=1), t, attn_mask=self.attn_mask, positions=positions)
+        return out[:, :length]
+
+
+def annealed_mask(length: int, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """[length, length] bool: causal, plus each future key with probability `ratio`; None (no mask) at ratio 1."""
+    if ratio >= 1:
+        return None
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    return causal | (torch.rand(length, length, generator=generator) < ratio)
+
+
+def copy_tokenizer(source: Path, out_dir: str | Path) -> None:
+    """Give a new run the tokenizer of the model it starts from (a bpe is not trained again)."""
+    tok_dir = Path(out_dir) / "tokenizer"
+    if not (tok_dir / META_FILE).is_file():
+        load_tokenizer(source).save(tok_dir)
+
+
+def load_start(trainer: Trainer, source: Path, saved: dict, causal: bool | None = None) -> None:
+    """Load the weights of the model in `source` (EMA ones where saved) into a fresh trainer's model and EMA.
+    The shapes must agree; `causal` is what the source's backbone had (None: the same as the trainer's)."""
+    wanted = trainer.model_cfg.to_dict()
+    if causal is not None:
+        wanted = {**wanted, "causal": causal}
+    if saved.get("model") != wanted:
+        raise UserError(f"the model in {source} has another shape than this config's model: use the same "
+                        "data.seq_len, tokenizer and model section as its run")
+    weights = source / (ckpt.EMA_FILE if (source / ckpt.EMA_FILE).is_file() else ckpt.WEIGHTS_FILE)
+    trainer.model.load_state_dict({k: v.float().to(trainer.device) for k, v in ckpt.load_weights(weights).items()})
+    if trainer.ema is not None:
+        trainer.ema.shadow = {k: v.detach().clone().float() for k, v in trainer.model.state_dict().items()}
+    trainer._log({"step": 0, "started_from": str(source)})
+
+
+class FinetuneTrainer(Trainer):
+    """The trainer, started from the weights of a trained model of the same shape and process (e.g. SFT of a
+    pretrained or adapted model: `textdiffusion sft`). A resumed run keeps its own weights."""
+
+    def __init__(self, cfg: Config, source: str | Path, resume: bool = False):
+        folder = ckpt.resolve_model_dir(source)
+        saved = ckpt.read_config(folder)
+        if saved.get("process", {}).get("name") != cfg.process.name:
+            raise UserError(f"{source} is a {saved.get('process', {}).get('name')!r} model but the config trains "
+                            f"{cfg.process.name!r}: fine-tune with the model's own process")
+        copy_tokenizer(folder, cfg.run.out_dir)
+        super().__init__(cfg, resume=resume)
+        if not resume:
+            load_start(self, folder, saved)
+
+
+class AdaptTrainer(Trainer):
+    def __init__(self, cfg: Config, ar_dir: str | Path, anneal_steps: int = 0, resume: bool = False):
+        if not isinstance(anneal_steps, int) or anneal_steps < 0:
+            raise UserError(f"anneal_steps must be an integer >= 0, got {anneal_steps!r}")
+        if cfg.process.name != "masked" or not cfg.process.extra.get("logit_shift", False):
+            raise UserError("AR -> diffusion adaptation trains process.name=masked with process.logit_shift=true")
+        source = ckpt.resolve_model_dir(ar_dir)
+        saved = ckpt.read_config(source)
+        if saved.get("process", {}).get("name") != "autoregressive":
+            raise UserError(f"{ar_dir} is not an autoregressive model (its process is "
+                            f"{saved.get('process', {}).get('name')!r}): adapt the AR baseline")
+        copy_tokenizer(source, cfg.run.out_dir)
+        super().__init__(cfg, resume=resume)
+        self.anneal_steps = anneal_steps
+        if not resume:
+            load_start(self, source, saved, causal=True)
+            self._log({"step": 0, "anneal_steps": anneal_steps})
+
+    def train_step(self) -> float:
+        ratio = 1.0 if self.anneal_steps == 0 else min(1.0, self.step / self.anneal_steps)
+        gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.step)  # resumes exactly
+        mask = annealed_mask(self.cfg.data.seq_len + 1, ratio, gen)
+        self.process.train_attention = None if mask is None else mask.to(self.device)
+        try:
+            return super().train_step()
+        finally:
+            self.process.train_attention = None
