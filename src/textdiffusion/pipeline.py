@@ -27,7 +27,7 @@ from .models import Transformer
 from .precision import resolve_precision
 from .processes import DiffusionProcess
 from .progress import progress_bar
-from .samplers import SAMPLERS, Frame, check_config
+from .samplers import FAMILY_SAMPLERS, SAMPLERS, Frame, check_config
 from .scoring import BLOCK_CHARS, read_text_blocks, score_pieces
 from .train import checkpoint as ckpt
 
@@ -130,18 +130,10 @@ class Pipeline:
         sampler = sampler or self.process.default_sampler
         if sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
-        if (sampler == "block") != (self.process.name == "block"):
-            raise UserError(f"sampler {sampler!r} cannot run a {self.process.name!r} model: block diffusion "
-                            "models use sampler 'block', and sampler 'block' needs one")
-        if (sampler == "gaussian") != (self.process.name == "gaussian"):
-            raise UserError(f"sampler {sampler!r} cannot run a {self.process.name!r} model: continuous embedding "
-                            "(gaussian) models use sampler 'gaussian', and sampler 'gaussian' needs one")
-        if (sampler == "edit") != (self.process.name == "diffuser"):
-            raise UserError(f"sampler {sampler!r} cannot run a {self.process.name!r} model: edit models (diffuser) "
-                            "use sampler 'edit', and sampler 'edit' needs one")
-        if (sampler == "edit_flow") != (self.process.name == "edit_flow"):
-            raise UserError(f"sampler {sampler!r} cannot run a {self.process.name!r} model: Edit Flows models use "
-                            "sampler 'edit_flow', and sampler 'edit_flow' needs one")
+        for own_sampler, (process_name, family) in FAMILY_SAMPLERS.items():
+            if (sampler == own_sampler) != (self.process.name == process_name):
+                raise UserError(f"sampler {sampler!r} cannot run a {self.process.name!r} model: {family} models use "
+                                f"sampler {own_sampler!r}, and sampler {own_sampler!r} needs one")
         return sampler, *SAMPLERS[sampler]
 
     def max_length(self, sampler: str | None = None) -> int | None:

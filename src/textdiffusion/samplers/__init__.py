@@ -26,6 +26,11 @@ SAMPLERS.update(confidence=(ConfidenceConfig, confidence_sample), threshold=(Thr
                 block=(BlockConfig, block_sample), semi_ar=(SemiARConfig, semi_ar_sample),
                 remdm=(ReMDMConfig, remdm_sample), first_hitting=(FirstHittingConfig, first_hitting_sample))
 
+# Samplers that belong to one family: each runs only that process's models, and those models run only it.
+# sampler -> (process name, the family's name in error messages)
+FAMILY_SAMPLERS = {"block": ("block", "block diffusion"), "gaussian": ("gaussian", "continuous embedding (gaussian)"),
+                   "edit": ("diffuser", "edit (diffuser)"), "edit_flow": ("edit_flow", "Edit Flows")}
+
 # What `textdiffusion samplers` prints: one line for users (the functions' docstrings are for developers).
 SUMMARIES = {
     "ancestral": "masked models' default: reveal masked tokens at random over `steps` reverse steps (MDLM)",
@@ -50,6 +55,6 @@ SUMMARIES = {
                      "tokens up to `entropy_bound` nats, renoise the rest)",
 }
 
-__all__ = ["SAMPLERS", "SUMMARIES", "check_config", "ARConfig",
+__all__ = ["FAMILY_SAMPLERS", "SAMPLERS", "SUMMARIES", "check_config", "ARConfig",
            "ar_sample", "AncestralConfig", "Frame", "SampleResult", "ancestral_sample",
            "sample_categorical", "select_from_logits"]
