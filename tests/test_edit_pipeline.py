@@ -34,6 +34,9 @@ def test_trained_edit_model_loads_and_edits(edit_run, tmp_path):
     assert saved["process"]["name"] == "diffuser" and saved["model"]["edit_tags"] == 3 + 6 + 1
     metrics = [json.loads(line) for line in (edit_run / "metrics.jsonl").read_text().splitlines()]
     assert any("sample" in row for row in metrics) and all(row.get("loss", 1.0) > 0 for row in metrics)
+    evals = [row for row in metrics if "val_stderr" in row]
+    # DiffusER's loss bounds no likelihood: validation logs it as a loss, never as a NELBO or a perplexity bound
+    assert evals and all("val_loss" in row and "val_nelbo" not in row and "val_ppl_bound" not in row for row in evals)
     pipe = Pipeline.from_pretrained(edit_run, device="cpu")
     out = pipe.edit("To be, or not to bee", steps=3, num_samples=2, seed=0, return_frames=True)
     again = pipe.edit("To be, or not to bee", steps=3, num_samples=2, seed=0)

@@ -280,8 +280,12 @@ class Trainer:
         with self._autocast():
             res = nelbo(model, self.process, self.val, t_samples=1, batch_size=self.micro_batch, seed=1234,
                         loss_mask=self.val_mask)
-        row = {"step": self.step, "val_nelbo": res.nats_per_token, "val_stderr": res.stderr,
-               "val_ppl_bound": res.perplexity, "val_tokens": res.n_tokens}
+        if getattr(self.process, "bound", True):
+            row = {"step": self.step, "val_nelbo": res.nats_per_token, "val_stderr": res.stderr,
+                   "val_ppl_bound": res.perplexity, "val_tokens": res.n_tokens}
+        else:  # a training loss that bounds no likelihood (edit families): no NELBO, no perplexity bound
+            row = {"step": self.step, "val_loss": res.nats_per_token, "val_stderr": res.stderr,
+                   "val_tokens": res.n_tokens}
         self._log(row)
         return row
 
