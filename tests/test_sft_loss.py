@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import torch
 from masked_exact import TableDenoiser
+from tiny_transformer import Spy
 
 from textdiffusion.processes import MaskedDiffusion
 from textdiffusion.train.sft import sft_loss
@@ -36,20 +37,8 @@ def cross_entropy(model: TableDenoiser, x0: list[int], masked: set[int]) -> floa
     return -sum(float(logp[i, x0[i]]) for i in masked)
 
 
-class Recorder(torch.nn.Module):
-    """The table model, remembering the inputs it was given."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.cfg, self.seen = inner, inner.cfg, []
-
-    def forward(self, ids, t=None):
-        self.seen.append(ids.clone())
-        return self.inner(ids, t)
-
-
 def test_fixed_noise_prompt_is_clean_and_each_row_is_divided_by_its_reply_length():
-    model = Recorder(table_model(4, seed=0))
+    model = Spy(table_model(4, seed=0))
     process = MaskedDiffusion(vocab_size=N_VALUES + 1, mask_id=MASK)
     x0 = torch.tensor([[1, 0, 2, 2], [2, 1, 0, 1]])
     reply = torch.tensor([[False, True, True, True], [False, False, True, True]])  # A = 3 and 2

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .transformer import KVCache, apply_rotary, rotary_tables
+from .transformer import KVCache, apply_rotary, rotary_and_mask, rotary_tables, run_blocks
 
 FREQ_DIM = 256  # sinusoidal features of sigma in their TimestepEmbedder
 
@@ -201,27 +201,10 @@ class KuleshovDiT(nn.Module):
                 cache: KVCache | None = None, commit: bool | int = True,
                 positions: torch.Tensor | None = None, outputs: slice | None = None) -> torch.Tensor:
         """ids [B, L] -> logits [B, L, V]; the arguments mean what they mean for `Transformer.forward`."""
-        past = 0 if cache is None else cache.length
-        length = ids.shape[1]
-        hd = self.cfg.d_model // self.cfg.n_heads
-        if positions is None:
-            if past + length > self.cfg.seq_len:
-                raise ValueError(f"sequence of {past + length} tokens is longer than the model's {self.cfg.seq_len}")
-            cos, sin = self.rope_cos[past : past + length], self.rope_sin[past : past + length]
-        elif int(positions.max()) < self.cfg.seq_len:
-            cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-        else:
-            cos, sin = (a.to(ids.device) for a in rotary_tables(0, hd, self.cfg.rope_base, positions))
-        if cache is not None and self.cfg.causal and attn_mask is None and length > 1:
-            query_pos = torch.arange(past, past + length, device=ids.device)
-            attn_mask = query_pos[:, None] >= torch.arange(past + length, device=ids.device)[None, :]
+        cos, sin, attn_mask = rotary_and_mask(self, ids.shape[1], cache, positions, attn_mask, ids.device)
         x = self.vocab_embed(ids)
         c = self.condition(t, ids.shape[0], ids.device)
-        for i, block in enumerate(self.blocks):
-            kv = None if cache is None else (cache, i, self.cfg.seq_len, commit)
-            x = block(x, cos, sin, c, attn_mask, kv)
-        if cache is not None:
-            cache.length += length if commit is True else int(commit)
+        x = run_blocks(self, x, cos, sin, c, attn_mask, cache, commit)
         if outputs is not None:
             x = x[:, outputs]
         return self.output_layer(x, c)

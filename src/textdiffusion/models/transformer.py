@@ -156,6 +156,38 @@ class KVCache:
         return out
 
 
+def rotary_and_mask(model: nn.Module, length: int, cache: KVCache | None, positions: torch.Tensor | None,
+                    attn_mask: torch.Tensor | None, device: torch.device) -> tuple:
+    """The rotary (cos, sin) of `length` new tokens and the attention mask they use, for a model with
+    `cfg` (seq_len, d_model, n_heads, rope_base, causal) and `rope_cos`/`rope_sin` tables (Transformer, DiT)."""
+    cfg = model.cfg
+    past = 0 if cache is None else cache.length
+    if positions is None:
+        if past + length > cfg.seq_len:
+            raise ValueError(f"sequence of {past + length} tokens is longer than the model's {cfg.seq_len}")
+        cos, sin = model.rope_cos[past : past + length], model.rope_sin[past : past + length]
+    elif int(positions.max()) < cfg.seq_len:
+        cos, sin = model.rope_cos[positions], model.rope_sin[positions]
+    else:  # beyond the tables: rotary angles depend only on position, so compute them
+        cos, sin = (a.to(device) for a in rotary_tables(0, cfg.d_model // cfg.n_heads, cfg.rope_base, positions))
+    if cache is not None and cfg.causal and attn_mask is None and length > 1:
+        query_pos = torch.arange(past, past + length, device=device)
+        attn_mask = query_pos[:, None] >= torch.arange(past + length, device=device)[None, :]
+    return cos, sin, attn_mask
+
+
+def run_blocks(model: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cond: torch.Tensor | None,
+               attn_mask: torch.Tensor | None, cache: KVCache | None, commit: bool | int) -> torch.Tensor:
+    """`model.blocks` over x, each reading and (per `commit`) extending its layer of the KV cache."""
+    length = x.shape[1]
+    for i, block in enumerate(model.blocks):
+        kv = None if cache is None else (cache, i, model.cfg.seq_len, commit)
+        x = block(x, cos, sin, cond, attn_mask, kv)
+    if cache is not None:
+        cache.length += length if commit is True else int(commit)
+    return x
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -275,20 +307,8 @@ class Transformer(nn.Module):
         repeats positions; a sliding window continues past the trained length). `outputs` keeps the
         logits of those positions only (the head is not run on the others).
         """
-        past = 0 if cache is None else cache.length
         length = ids.shape[1]
-        if positions is None:
-            if past + length > self.cfg.seq_len:
-                raise ValueError(f"sequence of {past + length} tokens is longer than the model's {self.cfg.seq_len}")
-            cos, sin = self.rope_cos[past : past + length], self.rope_sin[past : past + length]
-        elif int(positions.max()) < self.cfg.seq_len:
-            cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-        else:  # beyond the tables: rotary angles depend only on position, so compute them
-            cos, sin = (a.to(ids.device) for a in rotary_tables(0, self.cfg.d_model // self.cfg.n_heads,
-                                                                 self.cfg.rope_base, positions))
-        if cache is not None and self.cfg.causal and attn_mask is None and length > 1:
-            query_pos = torch.arange(past, past + length, device=ids.device)
-            attn_mask = query_pos[:, None] >= torch.arange(past + length, device=ids.device)[None, :]
+        cos, sin, attn_mask = rotary_and_mask(self, length, cache, positions, attn_mask, ids.device)
         if self.in_proj is None:
             x = self.embed(ids)
             if marks is not None:  # an edit model's position roles (start, insert slot, replace slot)
@@ -305,11 +325,7 @@ class Transformer(nn.Module):
             if t is None:
                 raise ValueError("this model is time-conditioned: pass t")
             cond = F.silu(self.time_embed(t))
-        for i, block in enumerate(self.blocks):
-            kv = None if cache is None else (cache, i, self.cfg.seq_len, commit)
-            x = block(x, cos, sin, cond, attn_mask, kv)
-        if cache is not None:
-            cache.length += length if commit is True else int(commit)
+        x = run_blocks(self, x, cos, sin, cond, attn_mask, cache, commit)
         if outputs is not None:
             x = x[:, outputs]
         x = self.norm(x)
