@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +27,7 @@ from ..errors import UserError
 from ..pipeline import Pipeline
 from ..samplers import SAMPLERS
 from .engine import DONE, Engine, Job, Limits, Overloaded, Stop
+from .errors import APIError, as_api_error, error_body, validation_message
 from .generation import STARTED, Finished, prepare_completion, prepare_infill
 from .metrics import Metrics
 from .schemas import ChatRequest, CompletionRequest, InfillRequest, ScoreRequest
@@ -36,60 +35,10 @@ from .streaming import Update
 
 STATIC = Path(__file__).resolve().parent / "static"
 # which samplers each family's models run (what /v1/models and the playground offer); others: their default
-FAMILY_SAMPLERS = {
+OFFERED_SAMPLERS = {
     "masked": ("ancestral", "confidence", "threshold", "first_hitting", "remdm", "semi_ar"),
     "block": ("block",), "autoregressive": ("ar",), "d3pm": ("d3pm",), "sedd": ("sedd", "sedd_analytic"),
 }
-log = logging.getLogger("textdiffusion.serve")
-
-
-class APIError(Exception):
-    """An error answered as OpenAI's error JSON: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
-
-
-def error_body(message: str, status: int, param: str | None = None, code: str | None = None) -> dict:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    if status == 429:
-        kind = "rate_limit_error"
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def _as_api_error(exc: BaseException) -> APIError:
-    if isinstance(exc, APIError):
-        return exc
-    if isinstance(exc, UserError):
-        return APIError(400, " ".join(str(exc).split()), code="invalid_value")
-    if isinstance(exc, Overloaded):
-        return APIError(429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after)})
-    if isinstance(exc, Stop) and exc.reason == "timeout":
-        return APIError(400, "the request ran past this server's time limit per request: ask for fewer steps, "
-                             "tokens or samples", code="time_limit_exceeded")
-    log.exception("request failed", exc_info=exc)
-    return APIError(500, f"internal error: {type(exc).__name__}", code="internal_error")
-
-
-# pydantic names the member of a union that failed ("constrained-str", "list[int]"): not a field
-_UNION_TAG = re.compile(r"^(str|int|float|bool|none|constrained-\w+|\w[\w-]*\[.*\])$")
-
-
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    """One line naming each bad field and what is wrong with it, and the first field (OpenAI's `param`)."""
-    problems: dict[str, list[str]] = {}
-    for err in exc.errors():
-        loc = [str(x) for x in err.get("loc", ()) if x != "body" and not _UNION_TAG.match(str(x))]
-        msg = {"extra_forbidden": "unknown field: remove it (the schema is at /openapi.json)",
-               "missing": "required field is missing",
-               "json_invalid": "the body is not valid JSON"}.get(err.get("type"), err.get("msg", "invalid"))
-        messages = problems.setdefault(".".join(loc) or "body", [])
-        if msg not in messages:
-            messages.append(msg)
-    parts = [f"{where}: {' or '.join(msgs)}" for where, msgs in list(problems.items())[:5]]
-    return "; ".join(parts), next(iter(problems), None)
 
 
 def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str | Path | None = None,
@@ -117,7 +66,7 @@ def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str
     # ---- errors: always OpenAI's JSON shape ------------------------------------------------------
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
+        message, param = validation_message(exc)
         return JSONResponse(error_body(message, 400, param, "invalid_value"), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
@@ -128,7 +77,7 @@ def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str
                             headers=getattr(exc, "headers", None))
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
-        err = _as_api_error(exc)
+        err = as_api_error(exc)
         if err.status == 429:
             metrics.rejected.inc()
         return JSONResponse(error_body(err.message, err.status, err.param, err.code), status_code=err.status,
@@ -209,7 +158,7 @@ def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str
                 try:
                     result = job.future.result()
                 except Exception as exc:  # noqa: BLE001 - the client hears of it in the stream
-                    err = _as_api_error(exc)
+                    err = as_api_error(exc)
                     yield {"data": json.dumps(error_body(err.message, err.status, err.param, err.code))}
                 else:
                     metrics.tokens.inc(result.completion_tokens)
@@ -252,7 +201,7 @@ def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str
     @app.get("/v1/models")
     async def models() -> dict:
         process = pipe.process
-        known = FAMILY_SAMPLERS.get(process.name, (process.default_sampler,))
+        known = OFFERED_SAMPLERS.get(process.name, (process.default_sampler,))
         samplers = [name for name in known if name in SAMPLERS and _runs(pipe, name)]
         return {"object": "list", "data": [{
             "id": model_name, "object": "model", "created": created, "owned_by": "textdiffusion",
