@@ -82,3 +82,26 @@ def test_a_client_that_does_not_read_holds_a_bounded_backlog():
 
     count, text = asyncio.run(run())
     assert count == 8 and text == "x" * 40  # 8 events at most, and no text lost
+
+
+def test_eos_ends_a_completion_and_nothing_after_it_is_sent():
+    E = TOK.eos_id
+    final = list(b"hi there") + [E] + list(b"junk")
+    rows = [[M] * len(final), list(b"hi") + [M] * (len(final) - 2), final[:9] + [M] * 4, final]
+    tracker = TextTracker(TOK, 0, 1, "ancestral", [], stop_at_eos=True)
+    sent = "".join(u.delta for f in frames_of(rows) for u in tracker.frame(f))
+    assert sent == "hi there" and tracker.all_stopped
+    assert tracker.finish(torch.tensor([final]))[0] == ("hi there", "", "stop")
+
+
+def test_eos_is_found_at_the_end_for_samplers_that_revise_tokens():
+    E = TOK.eos_id
+    tracker = TextTracker(TOK, 0, 2, "remdm", [], stop_at_eos=True)
+    rows = torch.tensor([list(b"ab") + [E] + list(b"cd"), list(b"abxcd")])
+    assert tracker.finish(rows) == [("ab", "ab", "stop"), ("abxcd", "abxcd", "length")]
+
+
+def test_eos_is_only_dropped_where_it_does_not_end_the_text():
+    E = TOK.eos_id
+    tracker = TextTracker(TOK, 0, 1, "ancestral", [])  # infill: the whole canvas is the answer
+    assert tracker.finish(torch.tensor([list(b"ab") + [E] + list(b"cd")]))[0] == ("abcd", "abcd", "length")

@@ -120,7 +120,8 @@ def prepare_completion(pipe: Pipeline, req: SamplingFields, limits: Limits, prom
                         f"(sampler {sampler!r} writes at most {limit} tokens"
                         + (" on this server)" if bound is None else "; samplers 'block' and 'semi_ar' write more)"))
     length = len(prompt_ids) + max_tokens
-    tracker = TextTracker(pipe.tokenizer, len(prompt_ids), req.n, sampler, _stops(stop), req.stream_mode)
+    tracker = TextTracker(pipe.tokenizer, len(prompt_ids), req.n, sampler, _stops(stop), req.stream_mode,
+                          stop_at_eos=True)
     return Prepared(pipe, "completion", sampler, options, seed, req.n, _stops(stop), req.stream_mode,
                     prompt=prompt or None, prompt_tokens=len(prompt_ids), length=length, tracker=tracker)
 

@@ -5,7 +5,8 @@ changes a revealed token (MDLM's SUBS property, and the confidence, threshold, b
 semi-AR and AR samplers); the final text of a row is its decoded prefix up to the first [MASK]. For
 samplers that do revise tokens (ReMDM, D3PM, SEDD) nothing is final before the last step.
 `denoise` mode adds every step's full canvas and the positions that changed (what the filmstrip shows).
-Stop sequences cut a row's text where they first appear; once every row has stopped the work may end.
+Stop sequences cut a row's text where they first appear, and so does [EOS] in a completion (a model trained
+with [EOS] padding, as SFT does, writes its answer and then [EOS]s); once every row has stopped the work may end.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ class TextTracker:
     """Follows one request's frames: rows [n, L], of which positions `start:` are the text it returns."""
 
     def __init__(self, tokenizer: Tokenizer, start: int, n: int, sampler: str, stops: list[str],
-                 mode: str = "append"):
+                 mode: str = "append", stop_at_eos: bool = False):
         self.tok, self.start, self.mode, self.stops = tokenizer, start, mode, stops
+        self.stop_at_eos = stop_at_eos
         self.monotone = sampler in MONOTONE_SAMPLERS
         self.rows = [RowState() for _ in range(n)]
         self.hold = max((len(s) for s in stops), default=1) - 1  # a stop sequence may still be completing
@@ -57,14 +59,23 @@ class TextTracker:
             self._pieces[token] = MASK_CHAR if token == self.tok.mask_id else self.tok.decode([token], mask_char=None)
         return self._pieces[token]
 
-    def _cut(self, text: str) -> tuple[str, bool]:
+    def _cut(self, text: str, at_eos: bool = False) -> tuple[str, bool]:
         cuts = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        return (text[: min(cuts)], True) if cuts else (text, False)
+        return (text[: min(cuts)], True) if cuts else (text, at_eos)
 
-    def _final_prefix(self, ids: torch.Tensor) -> str:
+    def _eos_end(self, ids: torch.Tensor) -> int | None:
+        """Where the row's first [EOS] is, when [EOS] ends this request's text."""
+        if not self.stop_at_eos:
+            return None
+        found = (ids == self.tok.eos_id).nonzero()
+        return int(found[0]) if len(found) else None
+
+    def _final_prefix(self, ids: torch.Tensor) -> tuple[str, bool]:
+        """The decoded text before the first [MASK], and whether an [EOS] before it ended the text."""
         masked = (ids == self.tok.mask_id).nonzero()
         end = int(masked[0]) if len(masked) else len(ids)
-        return self.tok.decode(ids[:end].tolist(), mask_char=None)
+        eos = self._eos_end(ids[:end])
+        return self.tok.decode(ids[: end if eos is None else eos].tolist(), mask_char=None), eos is not None
 
     def _send(self, row: RowState, text: str, last: bool) -> str:
         """The part of `text` (final so far) not sent yet, holding back what may still change."""
@@ -82,7 +93,7 @@ class TextTracker:
             ids = frame.ids[i, self.start:]
             delta = ""
             if self.monotone and not row.stopped:
-                text, stopped = self._cut(self._final_prefix(ids))
+                text, stopped = self._cut(*self._final_prefix(ids))
                 if stopped:
                     row.stopped_text = text
                 delta = self._send(row, text, last=stopped)
@@ -107,7 +118,9 @@ class TextTracker:
             if row.stopped:
                 text, stopped = row.stopped_text, True
             else:
-                text, stopped = self._cut(self.tok.decode(row_ids[self.start:].tolist(), mask_char=None))
+                ids = row_ids[self.start:]
+                eos = self._eos_end(ids)
+                text, stopped = self._cut(self.tok.decode(ids[:eos].tolist(), mask_char=None), eos is not None)
             rest = text[len(row.sent):] if text.startswith(row.sent) else text
             row.sent = text
             out.append((text, rest, "stop" if stopped else "length"))
