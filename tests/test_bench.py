@@ -8,6 +8,7 @@ import math
 import pytest
 
 from textdiffusion.bench import suites
+from textdiffusion.bench.judges import weights_fingerprint
 from textdiffusion.bench.report import write_markdown_section
 from textdiffusion.bench.run import run_suite
 from textdiffusion.cli import main
@@ -24,7 +25,8 @@ TEST_SUITE = suites.Suite(
           "model": {"d_model": 32, "n_layers": 1, "n_heads": 2},
           "train": {"steps": 6, "batch_size": 4, "warmup_steps": 1, "ema_decay": 0.0, "precision": "fp32"},
           "run": {"log_every": 2, "eval_every": 3, "eval_batches": 1, "save_every": 3, "progress": False}},
-    num_samples=4, sample_batch=2, val_chunks=4, t_samples=2, infill_spans=(2, 5), infill_examples=4,
+    num_samples=4, sample_batch=2, val_chunks=8, t_samples=2, infill_spans=(2, 5), infill_examples=4,
+    mauve_features="bytes",
 )
 
 
@@ -41,6 +43,15 @@ def test_suite_trains_measures_and_writes_everything(suite, tmp_path):
     results = run_suite("test", tmp_path / "runs", tmp_path / "results", md, "bench test", log=logs.append)
     [tok] = results["tokenizations"]
     ar, mdlm = tok["models"]["ar"], tok["models"]["mdlm"]
+    # the main judge is the suite's AR judge: trained apart (another seed, twice the steps), never the AR baseline
+    byte = tmp_path / "runs" / "test" / "byte"
+    assert tok["judge"]["name"] == tok["reference"]["judge"] == "ar-judge-byte"
+    assert tok["judge"]["folder"] == str(byte / "judge" / "checkpoint")
+    assert weights_fingerprint(byte / "judge" / "checkpoint") != weights_fingerprint(byte / "ar" / "checkpoint")
+    judge_cfg = json.loads((byte / "judge" / "checkpoint" / "config.json").read_text())
+    assert judge_cfg["trained"]["steps"] == 12 and judge_cfg["train_config"]["train"]["seed"] == 1
+    assert all(s["judge"] == "ar-judge-byte" for m in tok["models"].values() for s in m["samples"])
+    assert 0 <= tok["reference"]["mauve"] <= 1 and all(0 <= s["mauve"] <= 1 for s in ar["samples"] + mdlm["samples"])
     assert ar["likelihood"]["exact"] and not mdlm["likelihood"]["exact"]
     assert ar["trained"]["tokens_seen"] == mdlm["trained"]["tokens_seen"] == 6 * 4 * 32  # equal budgets
     assert [s["setting"] for s in ar["samples"]] == ["ar (KV cache)", "ar (no cache)"]
@@ -64,20 +75,27 @@ def test_suite_trains_measures_and_writes_everything(suite, tmp_path):
     assert "older text that must survive" in text and text.count("<!-- bench:test:start -->") == 1
     assert "| mdlm | ancestral(steps=4) |" in text and "mdlm / AR test perplexity" in text
     assert "**headline (batched):" in text and "**headline (one sequence at a time):" in text
-    # a second run reuses the trained models and replaces the section instead of appending another;
-    # it names the AR baseline's folder as an extra judge, which must agree with the main judge (the same model):
-    # exactly, as both score each text alone in fp32 (the main judge's pipeline generates in "auto" precision)
-    ar_folder = tmp_path / "runs" / "test" / "byte" / "ar" / "checkpoint"
+    # a second run reuses the trained models and replaces the section instead of appending another. It names
+    # the judge's folder as an extra judge, which must agree with the main judge (the same model) exactly, as
+    # both score each text alone in fp32; and the AR baseline's folder, which must score every row but its own
     again = run_suite("test", tmp_path / "runs", tmp_path / "results", md, "bench test", log=logs.append,
-                      extra_judges=(str(ar_folder),))
+                      extra_judges=(str(byte / "judge"), str(byte / "ar")))
     assert md.read_text().count("<!-- bench:test:start -->") == 1
     [tok] = again["tokenizations"]
     for s in [tok["reference"], *(s for m in tok["models"].values() for s in m["samples"])]:
-        other = s["other_judges"]["checkpoint"]
+        other = s["other_judges"]["judge"]
         assert other["judge_ppl"] == s["judge_ppl"]
         assert other["unigram_entropy"] == s["unigram_entropy"]
-    assert "checkpoint ppl | checkpoint entropy |" in md.read_text()
-    assert (tmp_path / "results" / "bench-test-byte-frontier-checkpoint.png").is_file()  # its own frontier plot
+    for name, m in tok["models"].items():
+        for s in m["samples"]:
+            by_ar = s["other_judges"]["ar"]
+            assert math.isnan(by_ar["judge_ppl"]) == (name == "ar"), name  # the AR baseline never judges its own
+    assert "judge ppl | judge entropy | ar ppl | ar entropy |" in md.read_text()
+    assert "Judge: ar-judge-byte, an AR model trained apart from the AR baseline" in md.read_text()
+    assert (tmp_path / "results" / "bench-test-byte-frontier-ar.png").is_file()  # its own frontier plot
+    with pytest.raises(UserError, match="generated the ar rows"):  # nor as the main judge
+        run_suite("test", tmp_path / "runs", tmp_path / "results", None, "bench test", judge=str(byte / "ar"),
+                  log=logs.append)
     assert any("trained already" in line for line in logs)
     # a partial rerun (one family) updates its rows and keeps the others
     run_suite("test", tmp_path / "runs", tmp_path / "results", md, "bench test --family mdlm", families=["mdlm"],

@@ -82,7 +82,7 @@ def test_report_table_has_a_column_pair_per_extra_judge():
                         "distinct_4": 0.8, "repetition_4": 0.01,
                         "other_judges": {"neutral": {"judge_ppl": 49.0, "unigram_entropy": 4.1}}})
     text = tokenization_markdown(t)
-    assert "| judge ppl | entropy | distinct-4 | repetition-4 | neutral ppl | neutral entropy |" in text
-    assert "| 12.00 | 3.100 | 0.800 | 0.010 | 49.00 | 4.100 |" in text  # the reference row
+    assert "| judge ppl | entropy | MAUVE | distinct-4 | repetition-4 | neutral ppl | neutral entropy |" in text
+    assert "| 12.00 | 3.100 | n/a | 0.800 | 0.010 | 49.00 | 4.100 |" in text  # the reference row (no MAUVE)
     assert "| mdlm | b |" in text and "| 52.00 | 4.050 |" in text
     assert "headline (batched, judged by neutral): 3.00x" in text

@@ -76,6 +76,8 @@ BAD = [
     (["train.compile=2"], "train.compile", "must be a bool"),
     (["train.seed=-1"], "train.seed", "[0, 4294967295]"),
     (["train.device=tpu"], "train.device", "auto, cpu, cuda, cuda:N or mps"),
+    (["train.parallel=zero3"], "train.parallel", "ddp or fsdp"),
+    (["train.activation_checkpointing=2"], "train.activation_checkpointing", "must be a bool"),
     (['run.out_dir=" "'], "run.out_dir", "a folder path"),
     (["run.log_every=0"], "run.log_every", "an integer >= 1"),
     (["run.eval_every=-1"], "run.eval_every", ">= 0 (0: never)"),

@@ -173,3 +173,18 @@ def test_model_loss_and_sampler_run():
     assert out.nfe == 10 and len(out.frames) == 6 and out.frames[-1].edits is not None
     assert np.all(out.ids.numpy() >= 0)
     assert {SUB, DEL, INS} == {2, 1, 0}
+
+
+def test_integration_from_t_start_covers_t_start_to_one():
+    """Editing a text close to data starts late: `steps` equal Euler steps over [t_start, 1], rates read at
+    their left ends (capped at t_max)."""
+    seen = []
+
+    def rates(seqs, t):
+        seen.append(t)
+        n = max(len(s) for s in seqs) + 1
+        return tuple(torch.full((len(seqs),) + s, -60.0, dtype=torch.float64) for s in ((n, V), (n,), (n, V)))
+
+    out = integrate(rates, [[0, 1]], steps=4, t_max=0.8, max_len=8, t_start=0.5,
+                    generator=torch.Generator().manual_seed(0))
+    assert seen == [0.5, 0.625, 0.75, 0.8] and out == [[0, 1]]  # rates of e^-60: nothing fires

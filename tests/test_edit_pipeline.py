@@ -108,6 +108,30 @@ def test_edit_flow_trains_loads_and_samples(tmp_path):
     assert out.nfe == 8 and len(out.frames) == 5 and out.texts == pipe.generate(num_samples=2, steps=4, seed=0).texts
     with pytest.raises(UserError, match="sampler 'edit' cannot run a 'edit_flow' model"):
         pipe.generate(sampler="edit", steps=2)
+    # Pipeline.edit runs the Edit Flows CTMC from the given text (its default sampler), from t_start to 1
+    edited = pipe.edit("To be, or not to bee", steps=4, num_samples=2, seed=0, return_frames=True)
+    assert edited.nfe == 8 and len(edited.frames) == 5 and edited.frames[1].edits is not None
+    assert pipe.tokenizer.decode(edited.frames[0].ids[0].tolist(), mask_char=None) == "To be, or not to bee"
+    assert edited.texts == pipe.edit("To be, or not to bee", steps=4, num_samples=2, seed=0).texts
+    assert pipe.edit("To be", steps=2, t_start=0.9, seed=0).nfe == 4
+    with pytest.raises(UserError, match=r"t_start must be in \[0, 1\)"):
+        pipe.edit("To be", steps=2, t_start=1.0)
+    with pytest.raises(UserError, match="sampler 'edit' cannot run a 'edit_flow' model"):
+        pipe.edit("To be", sampler="edit")
+
+
+def test_cli_edit_runs_an_edit_flow_model(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", n_docs=20)
+    run = tmp_path / "flow"
+    train(tiny_config(run, corpus, "process.name=edit_flow", "model.d_model=16", steps=1, every=1))
+    assert main(["edit", "--model", str(run), "--steps", "3", "--seed", "1", "-n", "2", "--option", "t_start=0.5",
+                 "--filmstrip", "2", "--device", "cpu", "To be, or not to bee"]) == 0
+    out = capsys.readouterr().out
+    assert "--- edit 2 ---" in out and "step 3/3" in out
+    masked = tmp_path / "masked"
+    train(tiny_config(masked, corpus, "model.d_model=16", steps=1, every=1))
+    with pytest.raises(UserError, match="edit needs an edit model \\(process 'diffuser' or 'edit_flow'\\)"):
+        Pipeline.from_pretrained(masked, device="cpu").edit("To be")
 
 
 def test_diffuser_training_resumes_exactly(tmp_path):

@@ -10,7 +10,9 @@ from tiny_runs import write_corpus
 pytestmark = pytest.mark.slow
 
 
-def test_gaussian_ddp_matches_one_process(tmp_path):
+@pytest.mark.parametrize("warp", [False, True], ids=["e2e", "cdcd_time_warp"])
+def test_gaussian_ddp_matches_one_process(tmp_path, warp):
+    """With CDCD's time warp the processes fold every process's losses into one fit, so they draw alike."""
     from ddp_worker import train
 
     corpus = write_corpus(tmp_path / "hamlet.jsonl")
@@ -19,6 +21,9 @@ def test_gaussian_ddp_matches_one_process(tmp_path):
                  "train.device=cpu", "model.dropout=0.0", "run.log_every=1", f"run.eval_every={STEPS}",
                  f"run.save_every={STEPS}", "run.sample_steps=4", "process.name=gaussian", "process.num_steps=100",
                  "process.embed_dim=8"]
+    if warp:  # 4 levels, one bin each: all are seen in the first step, so the later draws are warped
+        overrides += ["process.prediction=tokens", "process.objective=ce", "process.time_warp=true",
+                      "process.num_steps=4", "model.time_conditioning=true"]
     with pytest.MonkeyPatch.context() as mp:
         for var in DIST_VARS:
             mp.delenv(var, raising=False)

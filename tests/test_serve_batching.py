@@ -24,11 +24,11 @@ REQUESTS = [  # (prompt, max_tokens, steps, sampler, n, seed)
 
 
 def alone(pipe, prompt, max_tokens, steps, sampler, n, seed) -> list[str]:
-    """The request run directly through Pipeline, nothing else running."""
+    """The request run directly through Pipeline, nothing else running; a completion ends at its first [EOS]."""
     prompt_len = len(pipe.tokenizer.encode(prompt)) if prompt else 0
     out = pipe.generate(num_samples=n, length=prompt_len + max_tokens, prompt=prompt or None, sampler=sampler,
                         seed=seed, **({} if steps is None else {"steps": steps}))
-    return [pipe.tokenizer.decode(row[prompt_len:].tolist(), mask_char=None) for row in out.ids]
+    return [pipe.tokenizer.decode(row[prompt_len:].tolist(), mask_char=None, stop_at_eos=True) for row in out.ids]
 
 
 async def send_all(url: str, stream: bool, requests: list[tuple] | None = None) -> list[list[str]]:

@@ -51,7 +51,7 @@ def test_cached_families_stream_and_match_their_runs_alone(family):
     for body in bodies:
         out = reference.generate(length=2 + body["max_tokens"], prompt="To", seed=body["seed"],
                                  **({"steps": 4} if family == "block" else {}))
-        expected.append(reference.tokenizer.decode(out.ids[0, 2:].tolist(), mask_char=None))
+        expected.append(reference.tokenizer.decode(out.ids[0, 2:].tolist(), mask_char=None, stop_at_eos=True))
     with tiny_server(family_pipe(family)) as (url, app):
         got = asyncio.run(stream_texts(url, bodies))
         stats = app.state.engine.batcher.stats

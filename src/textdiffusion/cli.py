@@ -16,8 +16,10 @@ from .commands import (
     cmd_chat,
     cmd_convert_state,
     cmd_demo,
+    cmd_distill,
     cmd_edit,
     cmd_infill,
+    cmd_prepare,
     cmd_presets,
     cmd_sample,
     cmd_samplers,
@@ -87,6 +89,20 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     _add_progress(p)
 
 
+def _add_guidance(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("guidance (gaussian and masked models; see textdiffusion.guidance)")
+    g.add_argument("--contains", action="append", default=[], metavar="TEXT",
+                   help="steer the samples to contain this text, e.g. --contains ' love' (repeatable)")
+    g.add_argument("--ends-at", type=int, default=None, metavar="N", help="steer [EOS] to position N (none before)")
+    g.add_argument("--classifier", default=None, metavar="DIR", help="an attribute classifier's folder")
+    g.add_argument("--attribute", default=None, metavar="LABEL", help="the label to steer to, e.g. prose")
+    g.add_argument("--guidance-lambda", type=float, default=None,
+                   help="gaussian: fluency weight lambda of log p(x_s | x_t) (default 0.01)")
+    g.add_argument("--guidance-steps", type=int, default=None, help="gaussian: Adagrad steps per step (default 3)")
+    g.add_argument("--guidance-lr", type=float, default=None, help="gaussian: Adagrad step size (default 0.1)")
+    g.add_argument("--guidance-scale", type=float, default=None, help="masked: strength gamma of the tilt (default 2)")
+
+
 def _train_epilog() -> str:
     """The config keys `train` accepts, with their defaults, read from the config dataclasses."""
     from .train.config import PRESETS_DIR, Config
@@ -143,12 +159,22 @@ def build_parser() -> argparse.ArgumentParser:
                 "Start a masked diffusion model from a trained autoregressive run (DiffuLLaMA / Dream): the AR\n"
                 "weights are loaded, each position keeps predicting the token after the one it reads (logit shift),\n"
                 "and the causal attention mask is opened to full attention over --anneal-steps steps. The run's own\n"
-                "config (data, tokenizer, model) is reused; override any key, e.g. train.steps=500.")
+                "config (data, tokenizer, model) is reused; override any key, e.g. train.steps=500.\n"
+                "--from smollm2 (or a .gguf file, or a Hugging Face Llama / Mistral / Qwen2 folder) starts from that\n"
+                "pretrained causal LM instead, with its own tokenizer plus [MASK] (--config gives data and training).\n"
+                "--block-size N adapts an AR run to block diffusion (BD3-LM) instead, from its weights, unshifted.\n"
+                "--from a masked-LM folder (BERT, RoBERTa, ModernBERT) starts a masked denoiser from that encoder.")
     p.add_argument("--from", dest="ar_model", required=True, metavar="AR_RUN",
-                   help="the autoregressive run folder (or its checkpoint/)")
+                   help="the autoregressive run folder (or its checkpoint/), or smollm2, a .gguf file, an HF "
+                        "causal-LM folder or an HF masked-LM folder")
     p.add_argument("--out", required=True, help="run folder of the adapted model")
     p.add_argument("--anneal-steps", type=int, default=0,
                    help="steps over which the causal mask opens to full attention (0: full from the start)")
+    p.add_argument("--config", default="tiny",
+                   help="preset or YAML whose data and train sections a pretrained causal-LM start uses "
+                        "(its model section is the checkpoint's)")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="adapt an AR run to block diffusion with this block size (no logit shift, no annealing)")
     p.add_argument("--resume", action="store_true", help="continue the adapted run from its checkpoint")
     p.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides, e.g. train.steps=500")
     p.set_defaults(func=cmd_adapt)
@@ -164,12 +190,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides, e.g. train.steps=500")
     p.set_defaults(func=cmd_sft)
 
+    p = command("distill", "distil a masked diffusion model into a few-step sampler (SDTT)",
+                "Self-distillation through time (Deschenaux & Gulcehre, 2024): in each round a student, started\n"
+                "from its teacher, learns to match in one ancestral step the teacher's two-step output law (KL);\n"
+                "round r distils --teacher-steps / 2^(r-1) steps into half as many. The model's own config (data,\n"
+                "tokenizer, model, process) is reused; train.steps is per round. The last round's checkpoint is the\n"
+                "student: sample it with --steps TEACHER_STEPS / 2^ROUNDS.")
+    p.add_argument("--from", dest="teacher", default=str(DEFAULT_MODEL), metavar="MODEL",
+                   help="the masked diffusion model (or run folder) to distil (default: the shipped model)")
+    p.add_argument("--out", required=True, help="folder of the rounds: OUT/round-1, OUT/round-2, ...")
+    p.add_argument("--teacher-steps", type=int, default=64,
+                   help="sampling steps of the first teacher (a multiple of 2^rounds)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, each halving the sampling steps")
+    p.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
+                   help="config overrides, e.g. train.steps=200 train.lr=1e-4 (train.steps is per round)")
+    p.set_defaults(func=cmd_distill)
+
     p = command("convert-state", "make a run trained by an older version resumable",
                 "Rewrite a run's checkpoint/trainer_state.pt (a pickle, which this version never unpickles\n"
                 "because unpickling can run code) as trainer_state.json + trainer_state.safetensors. It reads\n"
                 "the pickle with PyTorch's weights-only loader, which refuses anything but plain data.")
     p.add_argument("run", metavar="RUN_OR_CHECKPOINT_FOLDER", help="the run folder (or its checkpoint/)")
     p.set_defaults(func=cmd_convert_state)
+
+    p = command("prepare", "tokenise a config's data once into memory-mapped shards for training",
+                "Tokenise the data source of a preset or YAML config (data.source, data.tokenizer, data.seq_len,\n"
+                "data.packing, the validation split) into OUT: packed rows in .bin shards read by np.memmap, an\n"
+                "index.json and the tokenizer. Train on it with data.source=prepared:OUT and the same data keys;\n"
+                "it resumes exactly on any number of processes and tokenises nothing while training.")
+    p.add_argument("--config", default="tiny", help="preset name (see `presets`) or a YAML file whose data section "
+                   "to prepare (default tiny)")
+    p.add_argument("--out", required=True, help="the folder to write (replaced atomically if it holds prepared data)")
+    p.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
+                   help="config overrides, e.g. data.source=my_texts/ data.seq_len=1024")
+    p.set_defaults(func=cmd_prepare)
 
     p = command("presets", "list the training presets",
                 "List the training presets, each with its one-line description. Train one with\n"
@@ -183,10 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", default="BENCHMARKS.md", help="file whose section for this suite is rewritten")
     p.add_argument("--no-write", action="store_true", help="print the table only; write no markdown")
     p.add_argument("--judge", default=None,
-                   help="ar (the suite's own AR baseline, default), smollm2, an HF folder or a .gguf file")
+                   help="ar (default: the suite's AR judge, trained apart from the AR baseline with another seed and "
+                        "twice its steps; it generates nothing), smollm2, an HF folder or a .gguf file")
     p.add_argument("--also-judge", action="append", default=[], metavar="JUDGE",
                    help="score the same samples with this judge too (smollm2, an HF folder or a .gguf file; "
-                        "repeatable): a neutral check on the AR judge, which favours its own samples")
+                        "repeatable); SmolLM2 is added where installed. A judge scores no row its model generated")
     p.add_argument("--family", action="append", default=None, help="only this family (repeatable)")
     p.add_argument("--tokenization", action="append", default=None, help="only this tokenization (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -208,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--num-samples", type=int, default=1, help="how many samples to generate (in one batch)")
     p.add_argument("--length", type=int, default=None, help="tokens per sample (default: the model's length)")
     p.add_argument("--prompt", default=None, help="text the samples start with")
+    _add_guidance(p)
     p.set_defaults(func=cmd_sample)
 
     p = command("infill", 'fill gaps: "The [MASK]x5 of the night"',
@@ -222,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("edit", 'revise a text with an edit model: "To be or not to bee"',
                 "Revise a text with an edit model (process diffuser): each of --steps revision steps tags every\n"
                 "token keep / delete / replace and every gap with insertions, then writes the new tokens, so the\n"
-                "length changes. --option beam=B --option revisions=R for DiffusER's 2-D beam search.")
+                "length changes. --option beam=B --option revisions=R for DiffusER's 2-D beam search.\n"
+                "An Edit Flows model (process edit_flow) runs --steps Euler steps of its insert / delete /\n"
+                "substitute process from the text; --option t_start=0.9 starts late for a text close to clean.")
     _add_model(p)
     _add_sampling(p)
     p.add_argument("text", help="the text to revise")

@@ -54,10 +54,14 @@ def _show_frames(args, pipe, out) -> None:
 
 
 def cmd_sample(args) -> None:
-    pipe = _pipeline(args)
+    from .guidance.build import GuidanceSettings, apply_guidance
+
+    settings = GuidanceSettings(args.contains, args.ends_at, args.classifier, args.attribute, args.guidance_lambda,
+                                args.guidance_steps, args.guidance_lr, args.guidance_scale)
+    pipe, guidance = apply_guidance(_pipeline(args), settings)
     out = pipe.generate(num_samples=args.num_samples, length=args.length, prompt=args.prompt, seed=args.seed,
                         return_frames=bool(args.filmstrip or args.export), progress=args.progress,
-                        **_sampling_options(args))
+                        **_sampling_options(args), **guidance)
     for i, text in enumerate(out.texts):
         print(f"--- sample {i + 1} ---\n{text}")
     n_tokens = out.ids.numel()
@@ -135,16 +139,47 @@ def cmd_train(args) -> None:
     print(f"checkpoint: {folder}")
 
 
-def cmd_adapt(args) -> None:
-    from .train.adapt import AdaptTrainer
-    from .train.config import load_run_config
+def cmd_prepare(args) -> None:
+    from .train.config import load_config
+    from .train.prepare import prepare
 
+    index = prepare(load_config(args.config, list(args.overrides)), args.out)
+    rows = {split: entry["rows"] for split, entry in index["splits"].items()}
+    print(f"prepared {args.out}: {rows['train']:,} training and {rows['validation']:,} validation rows of "
+          f"{index['settings']['seq_len']} tokens ({index['tokenizer_kind']} tokenizer); train with "
+          f"data.source=prepared:{args.out}")
+
+
+def cmd_adapt(args) -> None:
+    from .train.adapt import AdaptTrainer, source_kind
+    from .train.config import load_config, load_run_config
+
+    kind = source_kind(args.ar_model)
+    ours = kind == "ours"
+    process = ["process.name=masked"] + (["process.logit_shift=true"] if kind != "masked_lm" else [])
+    if args.block_size is not None:
+        if not ours:
+            raise UserError("--block-size adapts an autoregressive run of ours: pass its run folder to --from")
+        process = ["process.name=block", f"process.block_size={args.block_size}"]
     if args.resume:  # the adapted run's own saved config
         cfg = load_run_config(args.out, [*args.overrides])
-    else:  # the AR run's config (data, tokenizer, model shape), as a logit-shifted masked model
-        cfg = load_run_config(args.ar_model, ["process.name=masked", "process.logit_shift=true",
-                                              f"run.out_dir={args.out}", *args.overrides])
-    folder = AdaptTrainer(cfg, args.ar_model, anneal_steps=args.anneal_steps, resume=args.resume).run()
+    elif ours:  # the AR run's config (data, tokenizer, model shape), as a logit-shifted masked model
+        cfg = load_run_config(args.ar_model, [*process, f"run.out_dir={args.out}", *args.overrides])
+    else:  # a pretrained causal LM: data and training from --config, the network and tokenizer its own
+        cfg = load_config(args.config, [*process, f"run.out_dir={args.out}", *args.overrides])
+    if ours:
+        trainer = AdaptTrainer(cfg, args.ar_model, anneal_steps=args.anneal_steps, resume=args.resume)
+    elif kind == "masked_lm":
+        from .train.adapt_bert import BertStartTrainer
+
+        if args.anneal_steps:
+            raise UserError("a masked LM is bidirectional already: drop --anneal-steps")
+        trainer = BertStartTrainer(cfg, args.ar_model, resume=args.resume)
+    else:
+        from .train.adapt_llama import LlamaAdaptTrainer
+
+        trainer = LlamaAdaptTrainer(cfg, args.ar_model, anneal_steps=args.anneal_steps, resume=args.resume)
+    folder = trainer.run()
     print(f"checkpoint: {folder}")
 
 
@@ -159,6 +194,14 @@ def cmd_sft(args) -> None:
                                            *args.overrides])
     folder = FinetuneTrainer(cfg, args.start, resume=args.resume).run()
     print(f"checkpoint: {folder}")
+
+
+def cmd_distill(args) -> None:
+    from .train.distill import distill
+
+    folders = distill(args.teacher, args.out, teacher_steps=args.teacher_steps, rounds=args.rounds,
+                      overrides=args.overrides)
+    print(f"student: {folders[-1]} (sample it with --steps {args.teacher_steps // 2 ** args.rounds})")
 
 
 def cmd_convert_state(args) -> None:

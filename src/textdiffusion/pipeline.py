@@ -289,13 +289,17 @@ class Pipeline:
     def edit(self, text: str, steps: int = 10, num_samples: int = 1, sampler: str | None = None,
              seed: int | None = None, return_frames: bool = False, on_step: Callable[[Frame], None] | None = None,
              progress: bool | None = None, **sampler_options) -> GenerationOutput:
-        """Revise `text` with an edit model (process 'diffuser'): `steps` revision steps, each tagging every token
-        KEEP / DELETE / REPLACE and every gap with a number of insertions, then writing the new tokens, so the
-        length changes freely. Options of sampler 'edit': temperature, top_p, beam and revisions (2-D beam
-        search), start ('input' by default; 'random' or 'null' ignore the text). Frames carry their edits."""
-        if self.process.name != "diffuser":
-            raise UserError(f"edit needs an edit model (process 'diffuser'), not a {self.process.name!r} model: "
-                            "train one with `textdiffusion train --config tiny process.name=diffuser`")
+        """Revise `text` with an edit model (process 'diffuser' or 'edit_flow'), so the length changes freely.
+        DiffusER: `steps` revision steps, each tagging every token KEEP / DELETE / REPLACE and every gap with a
+        number of insertions, then writing the new tokens; options of sampler 'edit': temperature, top_p, beam and
+        revisions (2-D beam search), t_start, min_edits (1: greedy with at least one edit per step), start
+        ('input' by default; 'random' or 'null' ignore the text).
+        Edit Flows: `steps` Euler steps of the insert / delete / substitute CTMC from the text at time t_start
+        (option, default 0) to 1. Frames carry their edits."""
+        if self.process.name not in ("diffuser", "edit_flow"):
+            raise UserError(f"edit needs an edit model (process 'diffuser' or 'edit_flow'), not a "
+                            f"{self.process.name!r} model: train one with `textdiffusion train --config tiny "
+                            "process.name=diffuser`")
         num_samples = check_int("num_samples", num_samples, minimum=1)
         ids = self.tokenizer.encode(check_text("text", text))
         if not ids or len(ids) > self.seq_len - 1:
@@ -303,8 +307,8 @@ class Pipeline:
                             "shorten it")
         sampler_options.setdefault("start", "input")
         x = torch.tensor(ids, dtype=torch.long)[None].repeat(num_samples, 1)
-        return self.denoise(x, sampler or "edit", seed, return_frames, on_step, progress, steps=steps,
-                            **sampler_options)
+        return self.denoise(x, sampler or self.process.default_sampler, seed, return_frames, on_step, progress,
+                            steps=steps, **sampler_options)
 
     # ---- likelihood -----------------------------------------------------------------------
     def _check_bound(self) -> None:

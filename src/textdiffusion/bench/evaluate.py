@@ -1,9 +1,11 @@
 """Measure every trained model of a suite: likelihood, infilling, and generation per sampler setting.
 
-Generation quality is judged by one judge per tokenization (the suite's own AR baseline unless
-another judge is named), with unigram entropy always beside judge perplexity, and the same judge's
-numbers on real validation text as the reference. Further judges (`extra_judges`, e.g. a neutral
-SmolLM2: the AR baseline judging its own samples favours them) score the same texts beside it.
+Generation quality is judged by one judge per tokenization (the suite's AR judge, trained apart from the
+AR baseline and generating nothing, unless another judge is named; bench/judges.py keeps every judge off
+the texts its own model wrote), with unigram entropy always beside judge perplexity, MAUVE against held-out
+text where a featurizer is available, and the same judge's numbers on real validation text as the
+reference. Further judges (`extra_judges`, and the suite's neutral ones such as SmolLM2 where installed)
+score the same texts beside it.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import torch
 
 from ..eval.diversity import diversity_report
 from ..eval.infill import evaluate_infill
-from ..eval.judge import Judge, PipelineJudge, load_judge
+from ..eval.judge import Judge
+from ..eval.mauve import mauve_from_features
 from ..pipeline import Pipeline
 from ..train.trainer import validation_chunks
+from .judges import EXCLUDED, extra_judges, generated_by, main_judge, mauve_featurizer
 from .measure import MeasureRequest, measure_in_subprocess
 from .runs import ensure_trained, run_config
 from .suites import Suite
@@ -41,14 +45,23 @@ def judge_texts(judge: Judge, texts: list[str]) -> dict:
             "judge_tokens": sum(scored.n_tokens), **diversity_report(scored.token_ids)}
 
 
-def judge_all(judge: Judge, others: list[Judge], texts: list[str]) -> dict:
-    """The main judge's numbers, with each extra judge's under `other_judges` (by judge name)."""
-    return {**judge_texts(judge, texts), "other_judges": {j.name: judge_texts(j, texts) for j in others}}
+def judge_all(judge: Judge, others: list[Judge], texts: list[str], own: tuple[str, ...] = ()) -> dict:
+    """The main judge's numbers, with each extra judge's under `other_judges` (by judge name); the judges
+    named in `own` generated these texts and score nothing (EXCLUDED)."""
+    return {**judge_texts(judge, texts),
+            "other_judges": {j.name: dict(EXCLUDED) if j.name in own else judge_texts(j, texts) for j in others}}
+
+
+def mauve_score(featurize, p_features: torch.Tensor | None, texts: list[str]) -> float:
+    """MAUVE of `texts` against the held-out texts' features (nan without a featurizer)."""
+    if featurize is None or p_features is None:
+        return math.nan
+    return mauve_from_features(p_features, featurize(texts)).mauve
 
 
 def evaluate_tokenization(suite: Suite, tok, root: Path, overrides: list[str], judge_spec: str | None,
                           device: str, families: list[str] | None, log=print,
-                          extra_judges: tuple[str, ...] = ()) -> dict:
+                          extra_judge_specs: tuple[str, ...] = ()) -> dict:
     fams = [f for f in suite.families if (families is None or f.name in families) and f.runs_with(tok.name)]
     configs = {f.name: run_config(suite, tok, f, root, overrides) for f in fams}
     folders = {}
@@ -59,36 +72,37 @@ def evaluate_tokenization(suite: Suite, tok, root: Path, overrides: list[str], j
              for name, folder in folders.items()}
     first = next(iter(configs))
     val = validation_chunks(configs[first], pipes[first].tokenizer, suite.val_chunks)
-    if judge_spec in (None, "ar"):
-        if "ar" in pipes:
-            ar_pipe = pipes["ar"]
-        else:  # a partial run without the AR rows still judges with the suite's AR baseline
-            log(f"[{suite.name}/{tok.name}/ar] training (the judge)")
-            ar_folder = ensure_trained(run_config(suite, tok, suite.family("ar"), root, overrides), log)
-            ar_pipe = Pipeline.from_pretrained(ar_folder, device=device, precision="auto")
-        # scores in fp32 whatever ar_pipe generates in: an extra judge naming the same folder agrees exactly
-        judge: Judge = PipelineJudge(ar_pipe, name=f"ar-{tok.name}")
-    else:
-        judge = load_judge(judge_spec, device=device)
-    others = [load_judge(spec, device=device) for spec in extra_judges]
+    judge, judge_info = main_judge(suite, tok, root, overrides, judge_spec, device, folders, log)
+    others = extra_judges(suite, extra_judge_specs, device, log, main=judge_spec)
+    own = {name: tuple(j.name for j in others if name in generated_by(j, {name: folders[name]})) for name in folders}
+    featurize = mauve_featurizer(suite, [judge, *others], device, log)
     tokenizer = pipes[first].tokenizer
-    reference_texts = [tokenizer.decode(row.tolist(), mask_char=None) for row in val[: suite.num_samples]]
+    n = suite.num_samples
+    texts = [tokenizer.decode(row.tolist(), mask_char=None) for row in val[: 2 * n]]
+    reference_texts, second_half = texts[:n], texts[n:]
+    p_features = featurize(reference_texts) if featurize is not None and len(reference_texts) >= 2 else None
     out = {"tokenization": tok.name, "note": tok.note, "vocab_size": tokenizer.vocab_size,
-           "seq_len": int(val.shape[1]), "val_chunks": int(len(val)),
+           "seq_len": int(val.shape[1]), "val_chunks": int(len(val)), "judge": judge_info,
+           "mauve_features": suite.mauve_features if p_features is not None else None,
            "reference": judge_all(judge, others, reference_texts), "models": {}}
-    log(f"[{suite.name}/{tok.name}] judge {judge.name}: validation text ppl {out['reference']['judge_ppl']:.2f}, "
-        f"entropy {out['reference']['unigram_entropy']:.3f}")
+    # MAUVE of other held-out text against the reference texts: the ceiling at this sample size
+    out["reference"]["mauve"] = mauve_score(featurize, p_features, second_half) if len(second_half) >= 2 else math.nan
+    log(f"[{suite.name}/{tok.name}] judge {judge.name} ({judge_info['kind']}): validation text ppl "
+        f"{out['reference']['judge_ppl']:.2f}, entropy {out['reference']['unigram_entropy']:.3f}, "
+        f"MAUVE of other held-out text {out['reference']['mauve']:.3f}")
     for fam in fams:
         name, pipe = fam.name, pipes[fam.name]
         stored = json.loads((folders[name] / "config.json").read_text())
-        lik = pipe.likelihood(val, t_samples=suite.t_samples, seed=0, batch_size=suite.sample_batch)
+        bound = getattr(pipe.process, "bound", True)  # edit models (DiffusER, Edit Flows) bound no likelihood
+        lik = pipe.likelihood(val, t_samples=suite.t_samples, seed=0, batch_size=suite.sample_batch) if bound else None
         row = {"process": stored["process"], "params": sum(p.numel() for p in pipe.model.parameters()),
-               "trained": stored.get("trained", {}), "likelihood": asdict(lik),
+               "trained": stored.get("trained", {}), "likelihood": asdict(lik) if lik else None,
                "curve": read_curve(folders[name].parent), "infill": [], "samples": []}
-        log(f"[{suite.name}/{tok.name}/{name}] test NLL {lik.nats_per_token:.4f} nats/token "
-            f"({'exact' if lik.exact else f'bound, {lik.t_samples} t-samples'})")
+        log(f"[{suite.name}/{tok.name}/{name}] " + ("no likelihood bound: generation only" if lik is None else
+            f"test NLL {lik.nats_per_token:.4f} nats/token "
+            f"({'exact' if lik.exact else f'bound, {lik.t_samples} t-samples'})"))
         examples = val[: suite.infill_examples]
-        for span in suite.infill_spans:
+        for span in suite.infill_spans if bound else ():
             res = evaluate_infill(pipe, examples, span, seed=0, t_samples=suite.t_samples,
                                   batch_size=suite.sample_batch, **fam.infill)
             row["infill"].append({"span": span, "nll": res.nll.nats_per_token, "nll_stderr": res.nll.stderr,
@@ -100,7 +114,8 @@ def evaluate_tokenization(suite: Suite, tok, root: Path, overrides: list[str], j
                                  num_samples=suite.num_samples, batch=suite.sample_batch, seed=0, device=device,
                                  precision="auto", single_samples=suite.single_samples)
             m = measure_in_subprocess(req, root / suite.name / tok.name / "measure")
-            judged = judge_all(judge, others, m.texts)
+            judged = {**judge_all(judge, others, m.texts, own[name]),
+                      "mauve": mauve_score(featurize, p_features, m.texts)}
             row["samples"].append({"setting": setting.name(), "sampler": setting.sampler, "options": setting.options,
                                    "nfe_per_batch": m.nfe / math.ceil(suite.num_samples / suite.sample_batch),
                                    "tokens_per_s": m.tokens_per_s, "seconds_per_sample": m.seconds_per_sample,
@@ -111,7 +126,7 @@ def evaluate_tokenization(suite: Suite, tok, root: Path, overrides: list[str], j
             extra = "".join(f"; {n}: ppl {j['judge_ppl']:.2f}, entropy {j['unigram_entropy']:.3f}"
                             for n, j in judged["other_judges"].items())
             log(f"    {setting.name():28s} {m.tokens_per_s:9.0f} tok/s{single}  judge ppl {judged['judge_ppl']:8.2f}  "
-                f"entropy {judged['unigram_entropy']:.3f}{extra}")
+                f"entropy {judged['unigram_entropy']:.3f}  MAUVE {judged['mauve']:.3f}{extra}")
         out["models"][name] = row
     del pipes
     if torch.cuda.is_available():

@@ -32,6 +32,8 @@ def _f(x: float, digits: int = 2) -> str:
 
 def _likelihood_cells(lik: dict) -> list[str]:
     """NLL, perplexity, bits: exact for AR (=), upper bounds for diffusion (≤, with the standard error)."""
+    if lik is None:  # an edit model: its loss bounds no likelihood
+        return ["n/a (no bound)", "n/a", "n/a"]
     nats = lik["nats_per_token"]
     bits = nats / math.log(2)
     if lik["exact"]:
@@ -61,23 +63,29 @@ def tokenization_markdown(tok: dict) -> str:
     ref = tok["reference"]
     others = list(ref.get("other_judges", {}))
     extra_head = "".join(f" {j} ppl | {j} entropy |" for j in others)
+    info = tok.get("judge")
+    features = tok.get("mauve_features")
+    mauve_note = (f"MAUVE against {ref['num_samples']:.0f} held-out texts, {features} features (the reference row: "
+                  "other held-out text, the ceiling at this sample size)" if features else "MAUVE not measured")
     lines += [f"Generation ({ref['judge']} judge; {ref['num_samples']:.0f} samples per setting; entropy = mean "
-              "unigram entropy per sample in the judge's tokens, nats):", "",
-              "| family | sampler setting | forward passes / batch | tokens/s | tokens/s, one sequence | s / sample | "
-              "peak memory (MB) | judge ppl | entropy | distinct-4 | repetition-4 |" + extra_head,
-              "|" + "---|" * (11 + 2 * len(others))]
+              f"unigram entropy per sample in the judge's tokens, nats; {mauve_note}):", ""]
+    if info:
+        lines += [f"Judge: {info['name']}, {info['kind']}.", ""]
+    lines += ["| family | sampler setting | forward passes / batch | tokens/s | tokens/s, one sequence | s / sample | "
+              "peak memory (MB) | judge ppl | entropy | MAUVE | distinct-4 | repetition-4 |" + extra_head,
+              "|" + "---|" * (12 + 2 * len(others))]
 
     def extra_cells(s: dict) -> list[str]:
         return [c for j in others for c in (_f(judged(s, j)["judge_ppl"]), _f(judged(s, j)["unigram_entropy"], 3))]
 
     lines.append("| " + " | ".join(["validation text", "(reference)", "", "", "", "", "", _f(ref["judge_ppl"]),
-                                    _f(ref["unigram_entropy"], 3), _f(ref["distinct_4"], 3),
+                                    _f(ref["unigram_entropy"], 3), _f(ref.get("mauve"), 3), _f(ref["distinct_4"], 3),
                                     _f(ref["repetition_4"], 3), *extra_cells(ref)]) + " |")
     for name, m in models.items():
         for s in m["samples"]:
             cells = [name, s["setting"], _f(s["nfe_per_batch"], 0), _f(s["tokens_per_s"], 0),
                      _f(s.get("single_tokens_per_s"), 0), _f(s["seconds_per_sample"], 3), _f(s["peak_memory_mb"], 0),
-                     _f(s["judge_ppl"]), _f(s["unigram_entropy"], 3), _f(s["distinct_4"], 3),
+                     _f(s["judge_ppl"]), _f(s["unigram_entropy"], 3), _f(s.get("mauve"), 3), _f(s["distinct_4"], 3),
                      _f(s["repetition_4"], 3), *extra_cells(s)]
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -107,9 +115,10 @@ def ratios(tok: dict) -> list[str]:
     for name, m in models.items():
         if name == "ar":
             continue
-        ppl = math.exp(m["likelihood"]["nats_per_token"])
-        out.append(f"{name} / AR test perplexity: {ppl:.2f} / {ar_ppl:.2f} = {ppl / ar_ppl:.2f} "
-                   f"({name}'s is an upper bound)")
+        if m["likelihood"] is not None:  # None: an edit model, no bound to compare
+            ppl = math.exp(m["likelihood"]["nats_per_token"])
+            out.append(f"{name} / AR test perplexity: {ppl:.2f} / {ar_ppl:.2f} = {ppl / ar_ppl:.2f} "
+                       f"({name}'s is an upper bound)")
         if ar_speed:
             best = max(m["samples"], key=lambda s: s["tokens_per_s"])
             out.append(f"fastest {name} setting ({best['setting']}) vs AR with KV cache: "

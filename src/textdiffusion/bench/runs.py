@@ -29,6 +29,16 @@ def run_config(suite: Suite, tok: Tokenization, fam: Family, root: Path,
     return _apply_overrides(Config.from_dict(raw), overrides)
 
 
+def judge_config(suite: Suite, tok: Tokenization, root: Path, overrides: list[str] | None = None) -> Config:
+    """The suite's AR judge: the AR baseline's config with another seed and `judge_budget` times the steps,
+    in its own folder (root/suite/tokenization/judge). It is trained to score texts and generates none."""
+    cfg = run_config(suite, tok, suite.family("ar"), root, overrides)
+    cfg.train.steps = max(1, round(cfg.train.steps * suite.judge_budget))
+    cfg.train.seed = suite.judge_seed
+    cfg.run.out_dir = str(Path(root) / suite.name / tok.name / "judge")
+    return cfg
+
+
 def _differences(stored: dict, wanted: dict) -> list[str]:
     out = []
     for section, values in wanted.items():

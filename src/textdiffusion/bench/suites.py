@@ -62,7 +62,14 @@ class Suite:
     t_samples: int = 8  # Monte Carlo draws of t per chunk for the diffusion bounds
     infill_spans: tuple[int, ...] = (4, 16)  # masked span lengths (tokens)
     infill_examples: int = 32  # held-out windows per span length
-    judge: str = "ar"  # "ar": the suite's own AR baseline of the same tokenization; or a load_judge spec
+    # "ar": the suite's AR judge of the same tokenization -- an autoregressive model trained apart from the AR
+    # baseline (seed `judge_seed`, `judge_budget` times the suite's steps) that generates nothing, so no row is
+    # judged by the model that wrote it; or a load_judge spec (smollm2, a folder, a .gguf file)
+    judge: str = "ar"
+    judge_seed: int = 1
+    judge_budget: float = 2.0
+    neutral_judges: tuple[str, ...] = ()  # extra judges scored where installed (e.g. "smollm2"), skipped if not
+    mauve_features: str | None = None  # MAUVE's featurizer: "smollm2" (where installed), "bytes" (tests), None
 
     def family(self, name: str) -> Family:
         for fam in self.families:
@@ -153,6 +160,16 @@ def cdcd(steps: tuple[int, ...]) -> Family:
                   infill={"steps": sorted(steps)[len(steps) // 2]})
 
 
+def edit_families(revisions: tuple[int, ...], euler: tuple[int, ...]) -> tuple[Family, ...]:
+    """Issue 16's edit families, generating unconditionally: DiffusER (its defaults; revision steps of the
+    'edit' sampler from random tokens, the start its forward process ends near) and Edit Flows (its defaults:
+    from the empty sequence, Euler steps of the edit CTMC). Neither loss bounds a likelihood: their rows have
+    no test NLL and no infilling columns, only generation."""
+    diffuser = Family("diffuser", {"name": "diffuser"}, tuple(SamplerSetting("edit", {"steps": s}) for s in revisions))
+    flow = Family("edit-flow", {"name": "edit_flow"}, tuple(SamplerSetting("edit_flow", {"steps": s}) for s in euler))
+    return diffuser, flow
+
+
 BYTE = Tokenization("byte", {"tokenizer": "byte"}, "bytes (256 + 4 specials): bits per character")
 
 
@@ -168,7 +185,7 @@ SUITES: dict[str, Suite] = {
         tokenizations=(BYTE, bpe(512)),
         families=(AR, mdlm((16, 64), parallel_decoding(64, full=False)), *discrete_families((16,)),
                   bd3(4, (4,)), bd3(16, (16,)), diffusion_lm((16, 64)),
-                  cdcd((16, 64))),
+                  cdcd((16, 64)), *edit_families((10,), (64,))),
         base={"data": {"source": "shakespeare", "seq_len": 64},
               "model": {"d_model": 96, "n_layers": 2, "n_heads": 2},
               "train": {"steps": 150, "batch_size": 16, "lr": 2.0e-3, "warmup_steps": 20, "ema_decay": 0.0,
@@ -176,7 +193,7 @@ SUITES: dict[str, Suite] = {
               "run": {"log_every": 25, "eval_every": 150, "eval_batches": 2, "save_every": 150,
                       "progress": False}},
         num_samples=8, sample_batch=8, single_samples=2, val_chunks=16, t_samples=2, infill_spans=(4,),
-        infill_examples=8,
+        infill_examples=8, neutral_judges=("smollm2",), mauve_features="smollm2",
     ),
     "small": Suite(
         name="small",
@@ -185,7 +202,7 @@ SUITES: dict[str, Suite] = {
         tokenizations=(BYTE, bpe(4096, steps=600)),
         families=(AR, mdlm((32, 128, 512), parallel_decoding(128)), *discrete_families((32, 128)),
                   bd3(4, (4, 2, 1), only=("byte",)), bd3(16, (16, 8, 4), only=("byte",)),
-                  diffusion_lm((32, 128, 512)), cdcd((32, 128, 512))),
+                  diffusion_lm((32, 128, 512)), cdcd((32, 128, 512)), *edit_families((10, 20), (64, 128))),
         base={"data": {"source": "shakespeare", "seq_len": 128},
               "model": {"d_model": 256, "n_layers": 4, "n_heads": 4},
               "train": {"steps": 1200, "batch_size": 32, "lr": 1.0e-3, "warmup_steps": 100, "ema_decay": 0.995,
@@ -193,7 +210,7 @@ SUITES: dict[str, Suite] = {
               "run": {"log_every": 25, "eval_every": 300, "eval_batches": 8, "save_every": 100,
                       "progress": False}},
         num_samples=32, sample_batch=16, val_chunks=128, t_samples=8, infill_spans=(4, 16, 32),
-        infill_examples=64,
+        infill_examples=64, neutral_judges=("smollm2",), mauve_features="smollm2",
     ),
 }
 

@@ -128,3 +128,107 @@ class StreamBatches:
 
     def load_state_dict(self, state: dict) -> None:
         self.consumed, self._it = state["consumed"], None
+
+
+def iter_chunks_resumable(open_docs, tok: Tokenizer, seq_len: int, mode: str = "wrap",
+                          state: dict | None = None) -> Iterator[tuple[list[int], tuple]]:
+    """iter_chunks over `open_docs(position)` (an iterator of (text, position after it)), yielding each chunk
+    with a mark from which chunk_state() makes the state to resume right after it: the position of the last
+    document read into the buffer and the buffer's tokens not yet emitted. Resuming re-reads nothing before
+    that position (documents encoded ahead in a batch are simply read again)."""
+    if mode not in ("wrap", "pad"):
+        raise UserError(f"unknown packing mode {mode!r}: use wrap or pad")
+    buf = list(state["pending"]) if state else []
+    docs = open_docs(state["position"] if state else None)
+    start = 0  # a resumed buffer may still hold whole chunks of its last document
+    while mode == "wrap" and len(buf) - start >= seq_len:
+        start += seq_len
+        yield buf[start - seq_len : start], (state["position"], buf, start)
+    del buf[:start]
+    while True:
+        batch = [doc for _, doc in zip(range(ENCODE_BATCH), docs)]
+        if not batch:
+            return
+        for ids, (_, position) in zip(tok.encode_batch([text for text, _ in batch]), batch):
+            row = [tok.bos_id, *ids, tok.eos_id]
+            if mode == "pad":
+                row = row[:seq_len]
+                yield row + [tok.pad_id] * (seq_len - len(row)), (position, buf, 0)
+                continue
+            buf.extend(row)
+            start = 0
+            while len(buf) - start >= seq_len:
+                start += seq_len
+                yield buf[start - seq_len : start], (position, buf, start)
+            del buf[:start]
+
+
+def chunk_state(mark: tuple) -> dict:
+    """The resumable state of iter_chunks_resumable's mark (read before the iterator moves on)."""
+    position, buf, start = mark
+    return {"position": position, "pending": buf[start:]}
+
+
+class ShardedStreamBatches:
+    """Global batches from a stream that every rank reads only its share of (iter_train_shard), resumed from a
+    recorded position instead of by skipping through the stream.
+
+    Each rank packs its own documents into its batch_size / world rows; the rows are gathered (`gather_rows`, an
+    all-gather in rank order) into the global batch, of which the trainer gives each rank back its own rows.
+    The state holds every rank's position (`gather_states` collects them: state_dict() is a collective), so a
+    resumed run must have the same number of ranks; prepared data (data/prepared.py) resumes on any number.
+    """
+
+    def __init__(self, open_docs, tok: Tokenizer, seq_len: int, mode: str, global_batch: int, rank: int = 0,
+                 world: int = 1, gather_rows=None, gather_states=None):
+        self.open_docs, self.tok, self.seq_len, self.mode = open_docs, tok, seq_len, mode
+        self.global_batch, self.rank, self.world = global_batch, rank, world
+        self.local = global_batch // world
+        self.gather_rows = gather_rows or (lambda rows: rows)
+        self.gather_states = gather_states or (lambda state: [state])
+        self.consumed, self.epoch = 0, 0
+        self._resume: dict | None = None  # where this rank's stream reopens
+        self._mark = None
+        self._it = None
+
+    def _next_row(self) -> list[int]:
+        for _ in range(2):
+            if self._it is None:
+                self._it = iter_chunks_resumable(self.open_docs, self.tok, self.seq_len, self.mode, self._resume)
+            try:
+                row, self._mark = next(self._it)
+                return row
+            except StopIteration:  # the end of this rank's share: start it again (the next epoch)
+                self._it, self._resume, self._mark = None, None, None
+                self.epoch += 1
+        raise UserError(f"rank {self.rank}'s share of the stream yields no chunk of {self.seq_len} tokens: add "
+                        "documents, lower data.seq_len or use fewer processes")
+
+    def next_global(self) -> torch.Tensor:
+        rows = torch.tensor([self._next_row() for _ in range(self.local)], dtype=torch.long)
+        self.consumed += self.global_batch
+        return self.gather_rows(rows)
+
+    def _own_state(self) -> dict:
+        if self._mark is not None:
+            return {**chunk_state(self._mark), "epoch": self.epoch}
+        return {**(self._resume or {"position": None, "pending": []}), "epoch": self.epoch}
+
+    def state_dict(self) -> dict:
+        return {"consumed": self.consumed, "world_size": self.world, "shards": self.gather_states(self._own_state())}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "shards" not in state:
+            raise UserError("the checkpoint's data position is of an older stream format (every rank read it all): "
+                            "resume it with the textdiffusion version that wrote it, or start afresh")
+        if state["world_size"] != self.world:
+            raise UserError(f"this streamed run was saved with {state['world_size']} processes, each at its own "
+                            f"place in the stream: resume it with {state['world_size']} processes (data prepared "
+                            "with `textdiffusion prepare` resumes on any number)")
+        own = state["shards"][self.rank] if len(state["shards"]) == self.world else None
+        if not isinstance(own, dict):
+            raise UserError("the checkpoint's stream position is corrupt: resume from an earlier copy")
+        self.consumed, self.epoch = state["consumed"], own["epoch"]
+        self._resume = None if own["position"] is None and not own["pending"] else \
+            {"position": own["position"], "pending": own["pending"]}
+        self._it, self._mark = None, None

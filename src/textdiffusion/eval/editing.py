@@ -91,3 +91,37 @@ def evaluate_editor(editor: Callable[[list[str]], list[str]], lines: Sequence[st
     noisy = [corrupt_line(line, rng, n_errors) for line in lines]
     outputs = editor(list(noisy))
     return edit_metrics(outputs, noisy, lines), list(zip(lines, noisy, outputs))
+
+
+def training_lines(train_docs: Sequence[str], held_out: Sequence[str], max_chars: int,
+                   min_chars: int = 20) -> list[str]:
+    """Distinct lines of the training documents in the task's length range, less any line of the test set (the
+    plays repeat short lines, so a held-out line can occur in training text too)."""
+    lines = held_out_lines(train_docs, max_chars, min_chars, limit=10**9)
+    banned = set(held_out)
+    return [line for line in lines if line not in banned]
+
+
+def noisy_chain(line: str, t: int, rng: random.Random) -> list[str]:
+    """x_0 = `line`, then x_k = one more realistic error on x_{k-1}, for k = 1..t: the forward chain of the
+    task's own noise kernel (one `corrupt_line` error per step)."""
+    chain = [line]
+    for _ in range(t):
+        chain.append(corrupt_line(chain[-1], rng, 1))
+    return chain
+
+
+def error_kind(reference: str, noisy: str) -> str:
+    """Which of `KINDS` (or "none") turned `reference` into `noisy` with one `corrupt_line` error, read off the
+    words: one more word is a repeat, one fewer a drop, two neighbours exchanged a swap, anything else a typo."""
+    a, b = reference.split(" "), noisy.split(" ")
+    if a == b:
+        return "none"
+    if len(b) == len(a) + 1:
+        return "repeat_word"
+    if len(b) == len(a) - 1:
+        return "drop_word"
+    diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    if len(diff) == 2 and diff[1] == diff[0] + 1 and (a[diff[0]], a[diff[1]]) == (b[diff[1]], b[diff[0]]):
+        return "swap_words"
+    return "typo"

@@ -57,6 +57,7 @@ class Judge(ABC):
     """An exact-likelihood language model that scores texts in its own tokenisation."""
 
     name: str
+    source: Path | None = None  # the model's folder where known (the bench keeps a judge off its own samples)
 
     @abstractmethod
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -179,6 +180,7 @@ class HFJudge(Judge):
         except (OSError, ValueError, KeyError) as exc:
             raise UserError(f"{path} is not a loadable Hugging Face causal LM ({exc})") from exc
         self.load_seconds = time.perf_counter() - start
+        self.source = path
         self.device = _resolve_device(device)
         self.model.to(self.device).eval()
         self.name = name or (gguf_file or path.name)
@@ -212,6 +214,19 @@ class HFJudge(Judge):
                 nats[i] -= float(logp[first - begin - 1 :].double().sum())
                 counts[i] += end - first
         return JudgeScore(self.name, nats, counts, ids)
+
+    @torch.no_grad()
+    def features(self, texts: Sequence[str]) -> torch.Tensor:
+        """Each text's last-layer hidden state at its last token (MAUVE's featurisation, eval/mauve.py), [n, d]
+        float64; a text longer than max_length keeps its last max_length tokens (start token included)."""
+        rows = []
+        for row in self.tokenize(texts):
+            seq = (([self.start_id] if self.start_id is not None else []) + row)[-self.max_length:]
+            if not seq:
+                raise UserError("an empty text has no features under a judge without a start token")
+            out = self.model(input_ids=torch.tensor([seq], device=self.device), output_hidden_states=True)
+            rows.append(out.hidden_states[-1][0, -1].double().cpu())
+        return torch.stack(rows) if rows else torch.zeros(0, self.model.config.hidden_size, dtype=torch.float64)
 
 
 # ---- choosing a judge ----------------------------------------------------------------------
@@ -259,7 +274,9 @@ def load_judge(spec: str | Path, device: str | torch.device = "cpu", **options) 
     if folder is not None:
         from ..pipeline import Pipeline  # late: only this branch needs the model code
 
-        return PipelineJudge(Pipeline.from_pretrained(folder, device=device), name=path.name)
+        judge = PipelineJudge(Pipeline.from_pretrained(folder, device=device), name=path.name)
+        judge.source = folder  # the bench checks by its weights that a judge never scores its own samples
+        return judge
     if (path / "config.json").is_file():
         return HFJudge(path, device=device, **options)
     ggufs = sorted(p.name for p in path.glob("*.gguf"))

@@ -41,28 +41,36 @@ class Seq2SeqResult:
 
 
 def generate_targets(pipe, sources: Sequence[str], source_chars: int, candidates: int = 4, seed: int = 0,
-                     sampler: str | None = None, **sampler_options) -> list[list[str]]:
-    """`candidates` targets for each source, each decoded up to its [EOS]."""
+                     sampler: str | None = None, batch_sources: int = 16, **sampler_options) -> list[list[str]]:
+    """`candidates` targets for each source, each decoded up to its [EOS]. Every prefix is [BOS] + the source
+    padded to source_chars - 1 bytes, so `batch_sources` sources (x candidates rows) share one sampler call,
+    seeded seed + the index of its first source."""
     tok = pipe.tokenizer
     if tok.kind != "byte":
         raise UserError("the paired task keeps the source in exactly source_chars tokens: use a byte-level model")
+    if not isinstance(batch_sources, int) or batch_sources < 1:
+        raise UserError(f"batch_sources must be a positive integer, got {batch_sources!r}")
     out = []
-    for i, source in enumerate(sources):
-        prefix = [tok.bos_id, *tok.encode(pair_document(source, "", source_chars))]
-        x = torch.full((candidates, pipe.seq_len), tok.mask_id, dtype=torch.long)
-        x[:, : len(prefix)] = torch.tensor(prefix)
-        ids = pipe.denoise(x, sampler=sampler, seed=seed + i, **sampler_options).ids
-        out.append([tok.decode(row[len(prefix):].tolist(), mask_char=None, stop_at_eos=True).strip() for row in ids])
+    for first in range(0, len(sources), batch_sources):
+        chunk = sources[first : first + batch_sources]
+        x = torch.full((len(chunk) * candidates, pipe.seq_len), tok.mask_id, dtype=torch.long)
+        for i, source in enumerate(chunk):
+            prefix = [tok.bos_id, *tok.encode(pair_document(source, "", source_chars))]
+            x[i * candidates : (i + 1) * candidates, : len(prefix)] = torch.tensor(prefix)
+        ids = pipe.denoise(x, sampler=sampler, seed=seed + first, **sampler_options).ids
+        texts = [tok.decode(row[source_chars:].tolist(), mask_char=None, stop_at_eos=True).strip() for row in ids]
+        out += [texts[i * candidates : (i + 1) * candidates] for i in range(len(chunk))]
     return out
 
 
 def evaluate_seq2seq(pipe, pairs: Sequence[tuple[str, str]], source_chars: int, candidates: int = 4,
-                     seed: int = 0, sampler: str | None = None, **sampler_options) -> Seq2SeqResult:
+                     seed: int = 0, sampler: str | None = None, batch_sources: int = 16,
+                     **sampler_options) -> Seq2SeqResult:
     """BLEU of the MBR-selected target (and of a single sample) against each pair's reference."""
     from sacrebleu.metrics import BLEU
 
     generated = generate_targets(pipe, [s for s, _ in pairs], source_chars, candidates, seed, sampler,
-                                 **sampler_options)
+                                 batch_sources, **sampler_options)
     refs = [[t for _, t in pairs]]
     chosen = [cands[mbr_select(cands)] for cands in generated]
     bleu = BLEU()

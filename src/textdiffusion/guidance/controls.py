@@ -14,7 +14,10 @@ from ..errors import UserError
 
 
 class Control:
-    """The interface: `log_prob(token_logp) -> [B]` (differentiable) and `satisfied(ids) -> bool [B]`."""
+    """The interface: `log_prob(token_logp) -> [B]` (differentiable) and `satisfied(ids) -> bool [B]`.
+    A control with `latent = True` reads the latents themselves instead (`classifier.Attribute`)."""
+
+    latent = False
 
     def log_prob(self, token_logp: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -87,5 +90,7 @@ class Length(Control):
         return eos[:, self.length] + before
 
     def satisfied(self, ids):
+        if self.length >= ids.shape[1]:  # no room for [EOS]: never met
+            return torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         is_eos = ids == self.eos_id
         return is_eos[:, self.length] & ~is_eos[:, : self.length].any(-1)

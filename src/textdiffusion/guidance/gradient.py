@@ -6,8 +6,9 @@ sampler runs `steps` Adagrad updates on x_s at the generated positions, descendi
 i.e. ascending lambda * log p(x_s | x_t) + log p(c | x_s) (their eq. 5's objective with the fluency weight
 lambda). log p(c | x_s) comes from the denoiser: zhat(x_s, s) turned into token beliefs
 log p(w_l | x_s) = log_softmax_w(-|zhat_l - e_w|^2 / tau) ([MASK] excluded), then each control's score
-(`controls.py`); gradients flow through the network. This is a heuristic, as in the paper: it does not sample
-p(w | c) exactly.
+(`controls.py`); gradients flow through the network. A learned classifier on the noisy latents
+(`classifier.Attribute`) gives log p(c | x_s) directly, as in the paper. This is a heuristic, as in the paper: it
+does not sample p(w | c) exactly.
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ class Guidance:
                 or not self.fluency >= 0:
             raise UserError("Guidance needs steps >= 1, lr > 0, tau > 0 and fluency >= 0")
 
-    def score(self, token_logp: torch.Tensor) -> torch.Tensor:
-        """sum_c weight_c log p(c | x_s), [B]."""
-        return sum(w * c.log_prob(token_logp) for w, c in zip(self.weights, self.controls, strict=True))
+    def score(self, token_logp: torch.Tensor | None, latents: torch.Tensor | None = None, level: int = 0,
+              num_steps: int = 1) -> torch.Tensor:
+        """sum_c weight_c log p(c | x_s), [B]: token controls read token_logp, latent ones the latents at `level`."""
+        return sum(w * (c.latent_log_prob(latents, level, num_steps) if c.latent else c.log_prob(token_logp))
+                   for w, c in zip(self.weights, self.controls, strict=True))
 
     def refine(self, process, model: nn.Module, xs: torch.Tensor, mean: torch.Tensor, var: float, level: int,
                free: torch.Tensor, context: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -65,8 +68,11 @@ class Guidance:
         with torch.enable_grad():
             for _ in range(self.steps):
                 x.requires_grad_(True)
-                logp = token_log_probs(process, model, torch.where(free, x, context), level, table, self.tau)
-                objective = self.fluency * (x - mean).pow(2).sum((1, 2)) / (2 * var) - self.score(logp)
+                seen = torch.where(free, x, context)
+                logp = None if all(c.latent for c in self.controls) else token_log_probs(
+                    process, model, seen, level, table, self.tau)
+                score = self.score(logp, seen, level, process.num_steps)
+                objective = self.fluency * (x - mean).pow(2).sum((1, 2)) / (2 * var) - score
                 (grad,) = torch.autograd.grad(objective.sum(), x)
                 grad = torch.where(free, grad, torch.zeros_like(grad))
                 accum += grad.pow(2)

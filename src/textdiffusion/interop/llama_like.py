@@ -82,7 +82,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, kv * d, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(h * d, cfg.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, _ = x.shape
         q = self.q_proj(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -92,7 +93,7 @@ class Attention(nn.Module):
         groups = self.heads // self.kv_heads
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v)  # no mask: bidirectional
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # None: bidirectional
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -115,8 +116,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(self, x, cos, sin, attn_mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -135,16 +136,20 @@ class LlamaLike(nn.Module):
     def new_cache(self):
         raise UserError("this model has no KV cache: use samplers " + self.cfg.samplers_hint)
 
-    def forward(self, ids: torch.Tensor, t: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, t: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """`attn_mask` [L, L] bool (True: may attend) and `positions` [L] serve AR -> diffusion adaptation
+        (train/adapt.py's ShiftedDenoiser reads [START] x_t under an annealed causal mask)."""
         if kwargs:
             raise UserError("this model has no KV cache: use samplers " + self.cfg.samplers_hint)
         x = self.embed_tokens(ids)
-        positions = torch.arange(ids.shape[1], device=ids.device, dtype=torch.float32)
-        freqs = torch.outer(positions, self.inv_freq.to(ids.device))
+        if positions is None:
+            positions = torch.arange(ids.shape[1], device=ids.device)
+        freqs = torch.outer(positions.to(ids.device, torch.float32), self.inv_freq.to(ids.device))
         angles = torch.cat((freqs, freqs), dim=-1)
         cos, sin = angles.cos()[None, None], angles.sin()[None, None]
         for layer in self.layers:
-            x = layer(x, cos, sin)
+            x = layer(x, cos, sin, attn_mask)
         x = self.norm(x)
         head = self.embed_tokens.weight if self.cfg.tie_embeddings else self.lm_head.weight
         logits = F.linear(x, head[: self.cfg.vocab_size])

@@ -24,20 +24,10 @@ def matches(folder: Path, config: dict) -> bool:
     return config.get("format") == ckpt.FORMAT
 
 
-def load(folder: Path, device: torch.device, dtype: torch.dtype | None = None, use_ema: bool = True) -> Loaded:
-    """The (model, process, tokenizer) of a textdiffusion folder; EMA weights when present and `use_ema`.
-    `dtype`: the weights' dtype (None: float32, whatever the file holds)."""
-    cfg = ckpt.read_config(folder)
+def load_run_weights(model: torch.nn.Module, folder: Path, use_ema: bool = True) -> None:
+    """Load a run folder's weights (EMA when present and `use_ema`) into `model`, in float32, after checking
+    every name and shape against the model its config.json describes."""
     config_file = folder / ckpt.CONFIG_FILE
-    tokenizer = load_tokenizer(folder)
-    try:
-        model_cfg = ModelConfig(**cfg["model"])
-        process_cfg = dict(cfg["process"])
-        process_name = process_cfg.pop("name")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{config_file} lacks a valid model or process section ({one_line(exc)}): "
-                        "restore it or re-train") from exc
-    model = Transformer(model_cfg)
     weights = folder / (ckpt.EMA_FILE if use_ema and (folder / ckpt.EMA_FILE).is_file() else ckpt.WEIGHTS_FILE)
     state = ckpt.load_weights(weights)
     mismatch = state_mismatch(model.state_dict(), state)
@@ -48,6 +38,27 @@ def load(folder: Path, device: torch.device, dtype: torch.dtype | None = None, u
         model.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError as exc:  # torch's report spans many lines
         raise UserError(f"{weights} does not match the model in {config_file}: {one_line(exc)}") from exc
+
+
+def load(folder: Path, device: torch.device, dtype: torch.dtype | None = None, use_ema: bool = True) -> Loaded:
+    """The (model, process, tokenizer) of a textdiffusion folder; EMA weights when present and `use_ema`.
+    `dtype`: the weights' dtype (None: float32, whatever the file holds)."""
+    cfg = ckpt.read_config(folder)
+    if isinstance(cfg.get("model"), dict) and "arch" in cfg["model"]:  # trained here from a pretrained network
+        from .adapted import load_adapted
+
+        return load_adapted(folder, cfg, device, dtype, use_ema)
+    config_file = folder / ckpt.CONFIG_FILE
+    tokenizer = load_tokenizer(folder)
+    try:
+        model_cfg = ModelConfig(**cfg["model"])
+        process_cfg = dict(cfg["process"])
+        process_name = process_cfg.pop("name")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{config_file} lacks a valid model or process section ({one_line(exc)}): "
+                        "restore it or re-train") from exc
+    model = Transformer(model_cfg)
+    load_run_weights(model, folder, use_ema)
     if tokenizer.vocab_size != model_cfg.vocab_size:
         raise UserError(f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but model.vocab_size in "
                         f"{config_file} is {model_cfg.vocab_size}: the tokenizer files belong to another model")

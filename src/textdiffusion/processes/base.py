@@ -47,6 +47,14 @@ class DiffusionProcess:
         continuous-embedding process); none by default."""
         return {}
 
+    def training_state(self) -> dict:
+        """What the process learns while training besides the model's weights (JSON-able; saved with the trainer's
+        state so a resume is exact): nothing by default."""
+        return {}
+
+    def load_training_state(self, state: dict) -> None:
+        """Restore `training_state()` from a checkpoint."""
+
     def denoiser(self, model: nn.Module) -> nn.Module:
         """The network samplers call: the model itself, unless the process reads it another way (a masked model
         adapted from an AR one reads [START] x_t: processes/masked.py, train/adapt.py)."""

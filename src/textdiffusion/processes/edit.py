@@ -189,6 +189,11 @@ class Diffuser(DiffusionProcess):
             start = int(rng.integers(0, room - n + 1))
             x0 = x0[start : start + n]
         prev, xt = self.corrupt(x0, int(t), rng, room)
+        return self.pair_example(prev, xt)
+
+    def pair_example(self, prev: Sequence[int], xt: Sequence[int]) -> tuple[list[int], list[int], Tags]:
+        """(x_{t-1}, x_t, tags of the minimal alignment x_t -> x_{t-1}), insertions cut at `max_insert` per gap."""
+        prev, xt = [int(v) for v in prev], [int(v) for v in xt]
         tags = to_tags(xt, align(xt, prev))
         for ins in tags.inserts:  # rarely more than max_insert: the tagger's counts stop there
             del ins[self.max_insert :]
@@ -227,12 +232,18 @@ class Diffuser(DiffusionProcess):
         if loss_mask is not None:
             raise UserError("the diffuser process scores whole sequences only (no loss_mask): it has no "
                             "infilling bound")
-        device = x0.device
         rows = x0.cpu().tolist()
         ts = noise["t"].cpu().tolist()
         seeds = noise["seed"].cpu().tolist()
         examples = [self.example(r, t, s) for r, t, s in zip(rows, ts, seeds)]
-        tv = self.time(noise["t"].to(device).float(), len(rows), device)
+        return self.examples_loss(model, examples, noise["t"], x0.device)
+
+    def examples_loss(self, model: nn.Module, examples: Sequence[tuple[list[int], list[int], Tags]],
+                      t: torch.Tensor, device=None) -> torch.Tensor:
+        """DiffusER's loss [B] on given examples (x_{t-1}, x_t, tags of x_t -> x_{t-1}) at steps `t` [B]: the
+        training loss of any forward kernel that yields such pairs (`nelbo_per_sequence` draws them from the
+        span corruption; benchmarks/edit_compare_train.py from realistic noise)."""
+        tv = self.time(t.to(device).float(), len(examples), device)
         # tagger: ops of x_t's tokens and insertion counts of every gap
         tcan = tag_canvas([xt for _, xt, _ in examples], self.sentinel, device)
         op_logp, ins_logp = self.tag_log_probs(model, tcan, tv)

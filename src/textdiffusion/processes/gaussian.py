@@ -41,7 +41,10 @@ log p(w_l | x_t,-l), and the exact posterior mean is reachable). At low noise th
 token, where an embedding-predicting network leaves an error that the bound's largest weights multiply.
 objective="ce" trains CDCD's cross-entropy -log p(w_l | x_t) (with the rounding and prior terms) instead of the
 MSE, on embeddings scaled to norm sqrt(d) as CDCD does (the cross-entropy alone would grow them without end);
-CDCD's time warping (a learned t distribution) is not implemented: t is uniform in training.
+time_warp=True (objective "ce" only) draws the training levels from CDCD's time warping (`time_warp.py`): a
+monotone curve fitted online to the cross-entropy over t, sampled through its inverse, so t concentrates where the
+loss changes fastest; without it t is uniform. The loss is not reweighted (the warp is CDCD's choice of weighting
+over t; `t_weight` = 1 / pi(t) is returned for a caller that wants the uniform-t expectation).
 
 DiffuSeq (Gong et al., 2022): `source_len` = S > 0 makes the first S positions of every sequence a clean source
 in training and in the bound (partial noising: only the target positions S..L-1 are noised and scored, their
@@ -58,6 +61,7 @@ from torch import nn
 
 from ..errors import UserError
 from .base import DiffusionProcess, LossOutput, register
+from .time_warp import TimeWarp
 
 NOISE_SCHEDULES = ("sqrt", "cosine", "linear")
 OBJECTIVES = ("simple", "nelbo", "ce")
@@ -117,7 +121,7 @@ class GaussianDiffusion(DiffusionProcess):
 
     def __init__(self, vocab_size: int, mask_id: int, noise_schedule: str = "sqrt", num_steps: int = 2000,
                  embed_dim: int = 16, objective: str = "simple", antithetic: bool = True, source_len: int = 0,
-                 prediction: str = "embedding"):
+                 prediction: str = "embedding", time_warp: bool = False):
         if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
             raise UserError(f"num_steps (T) must be a positive integer, got {num_steps!r}")
         if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 1:
@@ -130,6 +134,11 @@ class GaussianDiffusion(DiffusionProcess):
             raise UserError(f"unknown prediction {prediction!r}: choose one of {', '.join(PREDICTIONS)}")
         if objective == "ce" and prediction != "tokens":
             raise UserError("objective 'ce' (CDCD) needs prediction='tokens': set process.prediction=tokens")
+        if not isinstance(time_warp, bool):
+            raise UserError(f"time_warp must be true or false, got {time_warp!r}")
+        if time_warp and objective != "ce":
+            raise UserError("time_warp (CDCD) fits the cross-entropy over t: set process.objective=ce "
+                            "process.prediction=tokens")
         if not 0 <= mask_id < vocab_size or vocab_size < 2:
             raise UserError(f"need 0 <= mask_id < vocab_size and another token, got mask_id={mask_id}, "
                             f"vocab_size={vocab_size}")
@@ -137,6 +146,7 @@ class GaussianDiffusion(DiffusionProcess):
         self.noise_schedule, self.num_steps, self.embed_dim = noise_schedule, num_steps, embed_dim
         self.objective, self.antithetic, self.source_len = objective, antithetic, source_len
         self.prediction = prediction
+        self.warp = TimeWarp(num_steps, bins=min(32, num_steps)) if time_warp else None
         self.abar = signal_levels(noise_schedule, num_steps)  # float64 [T + 1]
         snr = self.abar / (1 - self.abar)
         self.kl_weight = torch.cat([torch.zeros(1, dtype=torch.float64), 0.5 * (snr[:-1] - snr[1:])])  # w_t, t>=1
@@ -147,10 +157,17 @@ class GaussianDiffusion(DiffusionProcess):
     def config(self) -> dict:
         return {"noise_schedule": self.noise_schedule, "num_steps": self.num_steps, "embed_dim": self.embed_dim,
                 "objective": self.objective, "antithetic": self.antithetic, "source_len": self.source_len,
-                "prediction": self.prediction}
+                "prediction": self.prediction, **({"time_warp": True} if self.warp is not None else {})}
 
     def model_fields(self) -> dict:
         return {"embed_dim": self.embed_dim, "embed_logits": self.prediction == "tokens"}
+
+    def training_state(self) -> dict:
+        return {"time_warp": self.warp.state()} if self.warp is not None else {}
+
+    def load_training_state(self, state: dict) -> None:
+        if self.warp is not None and "time_warp" in state:
+            self.warp.load_state(state["time_warp"])
 
     @property
     def needs_time_conditioning(self) -> bool:
@@ -251,8 +268,11 @@ class GaussianDiffusion(DiffusionProcess):
         return self._noise(x0, generator, self.proposal)
 
     def train_noise(self, x0, generator=None):
-        """objective="simple" samples t uniformly, as Diffusion-LM; "nelbo" trains on the bound's draws."""
-        return self._noise(x0, generator, None if self.objective == "simple" else self.proposal)
+        """objective="simple" samples t uniformly, as Diffusion-LM; "nelbo" trains on the bound's draws; "ce"
+        uniformly, or from the time warp's proposal (module notes)."""
+        if self.warp is not None:
+            return self._noise(x0, generator, self.warp.proposal())
+        return self._noise(x0, generator, None if self.objective != "nelbo" else self.proposal)
 
     def corrupt(self, z: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
                 scored: torch.Tensor | None = None) -> torch.Tensor:
@@ -314,4 +334,7 @@ class GaussianDiffusion(DiffusionProcess):
         total = (first + parts["prior"] + parts["rounding"]).sum()
         scored = self.scored(x0, loss_mask)
         n_tokens = x0.numel() if scored is None else int(scored.sum())
+        if self.warp is not None and torch.is_grad_enabled():  # training: fit the warp to this batch's CE(t)
+            per_row = x0.shape[1] if scored is None else scored.sum(1).clamp_min(1)
+            self.warp.update(noise["t"], parts["ce"].detach().sum(1) / per_row)
         return LossOutput(total=total, n_tokens=n_tokens)

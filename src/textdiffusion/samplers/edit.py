@@ -55,6 +55,7 @@ class EditConfig:
     revisions: int = 1  # r: hypotheses kept across revision steps
     t_start: float = 1.0  # the noise level the run starts at, as a fraction of the process's T (below 1 for a draft
     # with little noise: step k of `steps` shows the model t = t_start * k / steps; only time-conditioned models read t)
+    min_edits: int = 0  # 1: greedy tags conditioned on at least one edit per step (`at_least_one_edit`)
 
 
 @dataclass
@@ -75,6 +76,10 @@ def _check(process, cfg: EditConfig) -> None:
         raise UserError(f"t_start must be in (0, 1], got {cfg.t_start}")
     if cfg.beam < 1 or cfg.revisions < 1:
         raise UserError(f"beam and revisions must be >= 1, got beam={cfg.beam}, revisions={cfg.revisions}")
+    if cfg.min_edits not in (0, 1):
+        raise UserError(f"min_edits must be 0 or 1, got {cfg.min_edits!r}")
+    if cfg.min_edits and (cfg.temperature != 0 or cfg.beam > 1 or cfg.revisions > 1):
+        raise UserError("min_edits=1 is a greedy rule: use it with temperature=0 and no beam")
 
 
 def _initial(x: torch.Tensor, cfg: EditConfig, process: Diffuser, max_len: int,
@@ -141,6 +146,8 @@ def _sample_step(model, process: Diffuser, seqs: list[list[int]], t: float, cfg:
     counts = sample_categorical(select_from_logits(ins_logp, cfg.temperature, cfg.top_p), generator).cpu()
     all_tags, rows, marks = [], [], []
     for i, s in enumerate(seqs):
+        if cfg.min_edits:
+            at_least_one_edit(op_logp[i].cpu(), ins_logp[i].cpu(), len(s), ops[i], counts[i])
         row_ops = [Op(int(o)) for o in ops[i, 1 : len(s) + 1]]
         kept = sum(o != Op.DELETE for o in row_ops)
         row_counts = _trim_inserts([int(c) for c in counts[i, : len(s) + 1]], kept, max_len)
@@ -159,6 +166,33 @@ def _sample_step(model, process: Diffuser, seqs: list[list[int]], t: float, cfg:
         new.append(_apply(s, filled))
         edits.append(from_tags(s, filled))
     return new, edits
+
+
+def at_least_one_edit(op_logp: torch.Tensor, ins_logp: torch.Tensor, n: int, ops: torch.Tensor,
+                      counts: torch.Tensor) -> None:
+    """Make the greedy tags of one row [start] + n tokens (`ops`, `counts` [N], changed in place) the most probable
+    assignment with at least one edit, under the tagger's factorised log p(op) [N, 3] and log p(count) [N, C].
+
+    A forward step always edits (DiffusER's x_t differs from x_{t-1}), but each position's own argmax can still be
+    KEEP / 0 everywhere when the model is unsure WHERE the edit is. The best assignment with an edit then differs
+    from the argmax at exactly one position (a second change only lowers the summed log-probability): the one
+    whose best non-KEEP op, or best count above 0, loses least against its KEEP / 0."""
+    if bool((ops[1 : n + 1] != Op.KEEP).any()) or bool((counts[: n + 1] != 0).any()):
+        return
+    best, where = float("-inf"), None
+    for p in range(1, n + 1):
+        for op in (Op.DELETE, Op.REPLACE):
+            gain = float(op_logp[p, op] - op_logp[p, Op.KEEP])
+            if gain > best:
+                best, where = gain, ("op", p, int(op))
+    for p in range(n + 1):
+        c = int(ins_logp[p, 1:].argmax()) + 1
+        gain = float(ins_logp[p, c] - ins_logp[p, 0])
+        if gain > best:
+            best, where = gain, ("count", p, c)
+    if where is not None and best > float("-inf"):
+        kind, p, value = where
+        (ops if kind == "op" else counts)[p] = value
 
 
 def _fill_tags(src: Sequence[int], tags: Tags, marks: list[int], tokens: list[int]) -> Tags:

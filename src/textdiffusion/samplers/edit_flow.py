@@ -28,6 +28,8 @@ RateFn = Callable[[list[list[int]], float], tuple[torch.Tensor, torch.Tensor, to
 class EditFlowConfig:
     steps: int = 64
     start: str = "auto"  # auto (the process's source for a row of only [MASK], else input) | source | input
+    t_start: float = 0.0  # the time the run starts at: a text to revise (start=input) that is close to data can
+    # start late (e.g. 0.9); the steps then cover [t_start, 1]
 
 
 def euler_step(seqs: list[list[int]], log_ins: torch.Tensor, log_del: torch.Tensor, log_sub: torch.Tensor, h: float,
@@ -77,10 +79,13 @@ def model_rates(model: nn.Module, process: EditFlow) -> RateFn:
 
 def integrate(rates: RateFn, seqs: list[list[int]], steps: int, t_max: float, max_len: int,
               generator: torch.Generator | None = None,
-              record: Callable[[int, float, list[list[int]]], None] | None = None) -> list[list[int]]:
-    """`steps` Euler steps over [0, 1] (rates read at min(t, t_max)); sequences longer than `max_len` are cut."""
+              record: Callable[[int, float, list[list[int]]], None] | None = None,
+              t_start: float = 0.0) -> list[list[int]]:
+    """`steps` Euler steps over [t_start, 1] (rates read at min(t, t_max)); sequences longer than `max_len` are
+    cut."""
+    h = (1.0 - t_start) / steps
     for k in range(steps):
-        t, h = k / steps, 1.0 / steps
+        t = t_start + k * h
         log_ins, log_del, log_sub = rates(seqs, min(t, t_max))
         seqs = [s[:max_len] for s in euler_step(seqs, log_ins, log_del, log_sub, h, generator)]
         if record is not None:
@@ -97,6 +102,8 @@ def edit_flow_sample(model: nn.Module, process: EditFlow, x: torch.Tensor, cfg: 
         raise UserError(f"sampler 'edit_flow' runs Edit Flows models (process 'edit_flow'), not {process.name!r}")
     if cfg.start not in ("auto", "source", "input"):
         raise UserError(f"start must be auto, source or input, got {cfg.start!r}")
+    if not 0 <= cfg.t_start < 1:
+        raise UserError(f"t_start must be in [0, 1), got {cfg.t_start}")
     import numpy as np
 
     rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
@@ -127,5 +134,6 @@ def edit_flow_sample(model: nn.Module, process: EditFlow, x: torch.Tensor, cfg: 
             recorder.frames.append(first)
         if recorder.on_step is not None:
             recorder.on_step(first)
-    out = integrate(model_rates(model, process), seqs, cfg.steps, process.t_max, max_len, generator, record)
+    out = integrate(model_rates(model, process), seqs, cfg.steps, process.t_max, max_len, generator, record,
+                    cfg.t_start)
     return SampleResult(_padded(out, process.mask_id), 2 * cfg.steps, recorder.frames)

@@ -120,5 +120,7 @@ def gaussian_sample(model: nn.Module, process: GaussianDiffusion, x: torch.Tenso
     ids = logits.argmax(-1) if cfg.rounding == "nearest" else sample_categorical(torch.log_softmax(
         logits.double(), -1), generator)
     out = torch.where(todo[..., 0], ids, x)
-    passes = 1 + (cfg.guidance.steps if cfg.guidance is not None else 0)  # guidance: one more pass per update
+    # guidance: one more denoiser pass per update, unless every control reads the latents (a classifier) alone
+    token_controls = cfg.guidance is not None and not all(c.latent for c in cfg.guidance.controls)
+    passes = 1 + (cfg.guidance.steps if token_controls else 0)
     return SampleResult(ids=out, nfe=(len(times) - 1) * passes, frames=frames)

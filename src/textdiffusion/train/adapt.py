@@ -10,6 +10,15 @@ diffusion model from a trained autoregressive baseline instead of from scratch.
   probability min(1, s / anneal_steps) (DiffuLLaMA's annealing of the causal mask), drawn anew per step.
   Evaluation and sampling always use the full bidirectional model.
 
+* **Block diffusion.** With process.name=block (`adapt --block-size B`) the BD3-LM model starts from the AR
+  weights under its own block-causal training mask; no shift and no annealing (the block sampler's KV cache
+  places tokens at their own positions, which the shifted frame would move by one): the AR network's
+  attention pattern carries over (each noisy token sees the clean tokens before it), its input/output
+  alignment does not.
+
+Pretrained networks from elsewhere start here too: train/adapt_llama.py (SmolLM2 and other LLaMA-family causal
+LMs), train/adapt_bert.py (masked LMs); `source_kind` tells `textdiffusion adapt` which one a --from names.
+
 `AdaptTrainer(cfg, ar_dir, anneal_steps)` is the trainer with the AR weights loaded at the start (a run resumed
 from its own checkpoint keeps its weights) and the annealed mask set for each step; `FinetuneTrainer(cfg, folder)`
 starts any run from a trained model of the same shape (SFT of a pretrained or adapted model).
@@ -60,6 +69,43 @@ def annealed_mask(length: int, ratio: float, generator: torch.Generator | None =
     return causal | (torch.rand(length, length, generator=generator) < ratio)
 
 
+def is_textdiffusion_folder(path: str | Path) -> bool:
+    """Whether `path` is one of our run or model folders (not a pretrained causal LM from elsewhere)."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    try:
+        ckpt.read_config(ckpt.resolve_model_dir(path))
+    except UserError:
+        return False
+    return True
+
+
+def source_kind(spec: str | Path) -> str:
+    """What `textdiffusion adapt --from` names: "ours" (a run of ours), "masked_lm" (a BERT-style folder:
+    train/adapt_bert.py) or "causal" (smollm2, a .gguf file, a LLaMA-family folder: train/adapt_llama.py)."""
+    if is_textdiffusion_folder(spec):
+        return "ours"
+    path = Path(spec)
+    if path.is_dir() and (path / "config.json").is_file():
+        import json
+
+        from ..interop.hf_causal import CAUSAL_TYPES
+
+        try:
+            kind = str(json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type", ""))
+        except (OSError, ValueError, AttributeError) as exc:
+            raise UserError(f"{path / 'config.json'} is unreadable or not a model config: restore it") from exc
+        if kind.lower() not in CAUSAL_TYPES:
+            from ..interop.masked_lm import _masked_lm_types
+
+            if kind in _masked_lm_types():
+                return "masked_lm"
+            raise UserError(f"{path} holds a {kind!r} model: adapt starts from our AR runs, LLaMA-family causal "
+                            "LMs or masked LMs (BERT, RoBERTa, ModernBERT)")
+    return "causal"
+
+
 def copy_tokenizer(source: Path, out_dir: str | Path) -> None:
     """Give a new run the tokenizer of the model it starts from (a bpe is not trained again)."""
     tok_dir = Path(out_dir) / "tokenizer"
@@ -94,17 +140,53 @@ class FinetuneTrainer(Trainer):
             raise UserError(f"{source} is a {saved.get('process', {}).get('name')!r} model but the config trains "
                             f"{cfg.process.name!r}: fine-tune with the model's own process")
         copy_tokenizer(folder, cfg.run.out_dir)
+        model = saved.get("model")
+        self.start_network = model if isinstance(model, dict) and "arch" in model else None
         super().__init__(cfg, resume=resume)
         if not resume:
             load_start(self, folder, saved)
 
+    def build_model(self) -> tuple:
+        """The start's own network where it is not our Transformer (an adapted SmolLM2 or BERT start)."""
+        if self.start_network is None:
+            return super().build_model()
+        from ..interop.adapted import build_network
 
-class AdaptTrainer(Trainer):
+        return build_network({**self.start_network, "seq_len": self.cfg.data.seq_len})
+
+
+class AnnealedMask:
+    """Trainer mix-in: the causal mask opened over `self.anneal_steps` steps (module notes), seeded per step so a
+    resumed run draws the same masks."""
+
+    anneal_steps: int = 0
+
+    def train_step(self) -> float:
+        ratio = 1.0 if self.anneal_steps == 0 else min(1.0, self.step / self.anneal_steps)
+        gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.step)  # resumes exactly
+        mask = annealed_mask(self.cfg.data.seq_len + 1, ratio, gen)
+        self.process.train_attention = None if mask is None else mask.to(self.device)
+        try:
+            return super().train_step()
+        finally:
+            self.process.train_attention = None
+
+
+def check_anneal_steps(anneal_steps: object) -> int:
+    if not isinstance(anneal_steps, int) or isinstance(anneal_steps, bool) or anneal_steps < 0:
+        raise UserError(f"anneal_steps must be an integer >= 0, got {anneal_steps!r}")
+    return anneal_steps
+
+
+class AdaptTrainer(AnnealedMask, Trainer):
     def __init__(self, cfg: Config, ar_dir: str | Path, anneal_steps: int = 0, resume: bool = False):
-        if not isinstance(anneal_steps, int) or anneal_steps < 0:
-            raise UserError(f"anneal_steps must be an integer >= 0, got {anneal_steps!r}")
-        if cfg.process.name != "masked" or not cfg.process.extra.get("logit_shift", False):
-            raise UserError("AR -> diffusion adaptation trains process.name=masked with process.logit_shift=true")
+        check_anneal_steps(anneal_steps)
+        block = cfg.process.name == "block"  # BD3-LM from the AR weights: its own block mask, no shift
+        if block and anneal_steps:
+            raise UserError("block adaptation trains with the block-causal mask from the start: drop --anneal-steps")
+        if not block and (cfg.process.name != "masked" or not cfg.process.extra.get("logit_shift", False)):
+            raise UserError("AR -> diffusion adaptation trains process.name=masked with process.logit_shift=true "
+                            "(or process.name=block)")
         source = ckpt.resolve_model_dir(ar_dir)
         saved = ckpt.read_config(source)
         if saved.get("process", {}).get("name") != "autoregressive":
@@ -116,13 +198,3 @@ class AdaptTrainer(Trainer):
         if not resume:
             load_start(self, source, saved, causal=True)
             self._log({"step": 0, "anneal_steps": anneal_steps})
-
-    def train_step(self) -> float:
-        ratio = 1.0 if self.anneal_steps == 0 else min(1.0, self.step / self.anneal_steps)
-        gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.step)  # resumes exactly
-        mask = annealed_mask(self.cfg.data.seq_len + 1, ratio, gen)
-        self.process.train_attention = None if mask is None else mask.to(self.device)
-        try:
-            return super().train_step()
-        finally:
-            self.process.train_attention = None

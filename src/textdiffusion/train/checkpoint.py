@@ -117,6 +117,23 @@ def atomic_folder(final: Path, write) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def tmp_folder(final: Path, pid: int) -> Path:
+    """The temporary sibling that process `pid` writes `final` into (clean_interrupted_save clears it once
+    that process is gone). A sharded save names it after rank 0's pid, and every rank writes its shard there."""
+    return Path(final).parent / f"{_tmp_prefix(Path(final))}{pid}"
+
+
+def swap_into_place(tmp: Path, final: Path) -> None:
+    """Make the complete folder `tmp` the new `final`, as atomic_folder does after its write (fsync first)."""
+    for folder in (tmp, *(p for p in tmp.rglob("*") if p.is_dir())):
+        _fsync_tree(folder)
+    old = old_copy(final)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def resolve_model_dir(path: str | Path) -> Path:
     """A model folder, a run folder (its checkpoint/), or a swap interrupted half-way (.old)."""
     path = Path(path)

@@ -75,6 +75,8 @@ class OptimConfig:
     compile: bool = False
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    parallel: str = "ddp"  # ddp (a replica per process) | fsdp (FSDP2: sharded weights/optimiser, train/fsdp.py)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (less memory)
 
 
 @dataclass
@@ -204,6 +206,8 @@ def _text(v) -> bool:
 def _source(v) -> bool:
     from ..data.corpus import BUNDLED
 
+    if _text(v) and v.startswith("prepared:"):  # a folder written by `textdiffusion prepare`
+        return (Path(v[len("prepared:"):]) / "index.json").is_file()
     return _text(v) and (v in BUNDLED or v.startswith("hf:") or Path(v).exists())
 
 
@@ -226,7 +230,7 @@ def _rules() -> list[tuple[str, str, Callable[[object], bool], str]]:
 
     min_vocab = 256 + len(SPECIALS) + 1  # a byte-level BPE's alphabet, its specials and one merge
     return [
-        ("data", "source", _source, "an existing file or folder, 'shakespeare' or hf:DATASET"),
+        ("data", "source", _source, "an existing file or folder, 'shakespeare', hf:DATASET or prepared:DIR"),
         ("data", "tokenizer", lambda v: v in ("byte", "bpe", "gpt2") or (_text(v) and Path(v).is_dir()),
          "byte, bpe, gpt2 or a folder holding a Hugging Face tokenizer.json"),
         ("data", "vocab_size", lambda v: _integer(v) and v >= min_vocab, f"an integer >= {min_vocab}"),
@@ -262,6 +266,8 @@ def _rules() -> list[tuple[str, str, Callable[[object], bool], str]]:
         ("train", "seed", lambda v: _integer(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
         ("train", "device", lambda v: isinstance(v, str) and DEVICE.fullmatch(v) is not None,
          "auto, cpu, cuda, cuda:N or mps"),
+        ("train", "parallel", lambda v: v in ("ddp", "fsdp"), "ddp or fsdp"),
+        ("train", "activation_checkpointing", lambda v: isinstance(v, bool), "true or false"),
         ("run", "out_dir", _text, "a folder path"),
         ("run", "log_every", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
         ("run", "eval_every", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: never)"),

@@ -50,3 +50,27 @@ def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _device() -> torch.device:
+    """Where collectives take tensors: the current GPU under NCCL, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_gather_rows(rows: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Every rank's rows [n, L] (the same n everywhere), concatenated in rank order, on every rank."""
+    if not info.enabled:
+        return rows
+    parts = [torch.empty_like(rows, device=_device()) for _ in range(info.world_size)]
+    dist.all_gather(parts, rows.to(_device()))
+    return torch.cat(parts).cpu()
+
+
+def all_gather_objects(value, info: DistInfo) -> list:
+    """Every rank's `value` (JSON-like data: a data position), in rank order, on every rank. The values travel
+    pickled between the processes of this one job; nothing read from disk is unpickled."""
+    if not info.enabled:
+        return [value]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, value)
+    return out

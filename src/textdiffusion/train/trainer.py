@@ -13,123 +13,32 @@ import copy
 import json
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from ..data.corpus import Split, iter_documents, plan_split
-from ..data.packing import ChunkBatches, StreamBatches, iter_chunks, pack_tensor
-from ..data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from ..errors import UserError
 from ..eval.likelihood import nelbo
-from ..models import ModelConfig, Transformer
+from ..models import Transformer
 from ..precision import resolve_precision
-from ..processes import DiffusionProcess, build_process
+from ..processes import build_process
 from . import checkpoint as ckpt
-from . import sft
+from . import fsdp, sft, sharded_checkpoint
 from .config import Config
-from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from .distributed import all_reduce_sum, barrier, cleanup, init_distributed
 from .optim import EMA, build_optimizer, lr_at
 
-BPE_TRAIN_CHARS = 50_000_000  # a trained BPE sees at most this much text
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device=cuda but no CUDA device is visible: use train.device=cpu")
-    return torch.device(name)
-
-
-def plan_data_split(cfg: Config) -> Split:
-    """How cfg's source splits into training and validation; counted unless it is streamed."""
-    d = cfg.data
-    if d.packing == "chat":  # conversations for SFT: split by conversation (train/sft.py)
-        return sft.plan_chat_split(cfg)
-    streamed = d.streaming or d.source.startswith("hf:")
-    return plan_split(d.source, d.val_fraction, d.split_seed, d.text_field, d.hf_split, count=not streamed)
-
-
-def _docs(cfg: Config, split: str, plan: Split | None = None):
-    d = cfg.data
-    return iter_documents(d.source, split, d.val_fraction, d.split_seed, d.text_field, d.hf_split, plan)
-
-
-def _limited_texts(cfg: Config, plan: Split | None = None):
-    if cfg.data.packing == "chat":
-        yield from sft.training_texts(cfg, plan)
-        return
-    seen = 0
-    for doc in _docs(cfg, "train", plan):
-        yield doc
-        seen += len(doc)
-        if seen >= BPE_TRAIN_CHARS:
-            return
-
-
-def prepare_tokenizer(cfg: Config, out_dir: Path, info: DistInfo, plan: Split | None = None) -> Tokenizer:
-    """Rank 0 builds (and for bpe, trains) the tokenizer and saves it; the others load that copy."""
-    tok_dir = out_dir / "tokenizer"
-    meta = tok_dir / "tokenizer_meta.json"
-    if meta.is_file():
-        kind = json.loads(meta.read_text())["kind"]
-        wanted = cfg.data.tokenizer if cfg.data.tokenizer in ("byte", "bpe", "gpt2") else "hf"
-        if kind != wanted:
-            raise UserError(f"{out_dir} already holds a {kind!r} tokenizer but the config asks for "
-                            f"{cfg.data.tokenizer!r}: choose another --out")
-    if info.is_main and not meta.is_file():
-        needs_text = cfg.data.tokenizer == "bpe"
-        tok = build_tokenizer(cfg.data.tokenizer, _limited_texts(cfg, plan) if needs_text else None,
-                              cfg.data.vocab_size)
-        tok.save(tok_dir)
-    barrier(info)
-    return load_tokenizer(tok_dir)
-
-
-def model_config(cfg: Config, tok: Tokenizer, process: DiffusionProcess | None = None) -> ModelConfig:
-    """The backbone for `process`: causal for the autoregressive baseline, time-conditioned where the
-    process needs it (uniform noise), whatever the model section says."""
-    fields = asdict(cfg.model)
-    if process is not None and process.needs_time_conditioning:
-        fields["time_conditioning"] = True
-    if process is not None:
-        fields.update(process.model_fields())  # e.g. the embedding width of continuous diffusion
-    causal = process is not None and process.causal
-    return ModelConfig(vocab_size=tok.vocab_size, seq_len=cfg.data.seq_len, causal=causal, **fields)
-
-
-def make_batches(cfg: Config, tok: Tokenizer, plan: Split | None = None):
-    d = cfg.data
-    if d.packing == "chat":  # (ids, reply mask) batches
-        return sft.make_chat_batches(cfg, tok, plan)
-    if d.streaming or d.source.startswith("hf:"):
-        return StreamBatches(lambda: iter_chunks(_docs(cfg, "train", plan), tok, d.seq_len, d.packing),
-                             cfg.train.batch_size)
-    chunks = pack_tensor(_docs(cfg, "train", plan), tok, d.seq_len, d.packing)
-    return ChunkBatches(chunks, cfg.train.batch_size, seed=cfg.train.seed)
-
-
-def validation_chunks(cfg: Config, tok: Tokenizer, limit: int, plan: Split | None = None) -> torch.Tensor:
-    if cfg.data.packing == "chat":  # (ids, reply mask): the bound of the replies given their prompts
-        return sft.chat_validation(cfg, tok, plan, limit)
-    rows = []
-    for row in iter_chunks(_docs(cfg, "validation", plan), tok, cfg.data.seq_len, cfg.data.packing):
-        rows.append(row)
-        if len(rows) >= limit:
-            break
-    if not rows:
-        d = cfg.data
-        if plan is not None and plan.by_position:
-            raise UserError(f"the validation text (the last {d.val_fraction * 100:g}% of each document, "
-                            f"{plan.val_chars:,} characters) yields no chunk of {d.seq_len} tokens: raise "
-                            "data.val_fraction or lower data.seq_len")
-        raise UserError(f"the validation split yields no chunk of {d.seq_len} tokens: raise data.val_fraction, "
-                        "add documents or lower data.seq_len")
-    return torch.tensor(rows, dtype=torch.long)
+# the run's ingredients; re-exported here, where callers have always found them
+from .setup import (  # noqa: F401
+    BPE_TRAIN_CHARS,
+    make_batches,
+    model_config,
+    pick_device,
+    plan_data_split,
+    prepare_tokenizer,
+    validation_chunks,
+)
 
 
 def _logged_step(line: str) -> float:
@@ -161,12 +70,15 @@ class Trainer:
         self.tok = prepare_tokenizer(cfg, self.out_dir, self.info, self.split)
         self.process = build_process(cfg.process.name, vocab_size=self.tok.vocab_size, mask_id=self.tok.mask_id,
                                      required=tuple(cfg.process.extra), **cfg.process.options())
-        self.model_cfg = model_config(cfg, self.tok, self.process)
-        self.model = Transformer(self.model_cfg).to(self.device)
+        self.model_cfg, model = self.build_model()
+        self.model = model.to(self.device)
+        # FSDP shards it before the optimiser and EMA see its parameters
+        self.model = fsdp.prepare_model(self.model, cfg.train, self.process.name, self.precision, self.device,
+                                        self.info)
         t = cfg.train
         self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay, (t.beta1, t.beta2))
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
-        self.batches = make_batches(cfg, self.tok, self.split)
+        self.batches = make_batches(cfg, self.tok, self.split, self.info)
         # a fixed number of validation chunks, whatever the process count or micro-batch
         val = validation_chunks(cfg, self.tok, cfg.run.eval_batches * t.batch_size, self.split)
         self.val, self.val_mask = val if isinstance(val, tuple) else (val, None)  # mask: SFT's replies
@@ -177,10 +89,15 @@ class Trainer:
         if resume:
             self._load_state()
         self._trim_metrics()
-        self.ddp = DDP(self.model) if self.info.enabled else self.model
+        self.ddp = fsdp.data_parallel(self.model, t.parallel, self.info)  # DDP, or the FSDP-sharded model
         self.forward_model = torch.compile(self.ddp) if t.compile else self.ddp
 
     # ---- set-up helpers -------------------------------------------------------------------
+    def build_model(self) -> tuple:
+        """(model config, backbone); a hook for runs that start from another network (train/adapt_llama.py)."""
+        model_cfg = model_config(self.cfg, self.tok, self.process)
+        return model_cfg, Transformer(model_cfg)
+
     def _check_batch(self) -> None:
         t, world = self.cfg.train, self.info.world_size
         if t.batch_size % world:
@@ -216,7 +133,7 @@ class Trainer:
             x0 = x_global[part].to(self.device)
             noise = {k: v[part].to(self.device) for k, v in noise_global.items()}
             sync = i == n_micro - 1 or not info.enabled
-            with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self._autocast():
+            with (contextlib.nullcontext() if sync else fsdp.no_sync(self.ddp)), self._autocast():
                 if reply_global is None:
                     out = self.process.loss(self.forward_model, x0, noise)
                 else:
@@ -270,6 +187,8 @@ class Trainer:
     # ---- evaluation, samples, logs --------------------------------------------------------
     def inference_model(self) -> Transformer:
         """The EMA weights in a separate copy of the model (the raw weights when EMA is off)."""
+        if fsdp.is_sharded(self.model):  # a collective: the copy gathers the shards whole
+            return fsdp.inference_copy(self.model, None if self.ema is None else self.ema.shadow, self.device)
         model = copy.deepcopy(self.model)
         if self.ema is not None:
             model.load_state_dict({k: v.to(self.device) for k, v in self.ema.shadow.items()})
@@ -291,6 +210,8 @@ class Trainer:
 
     def log_sample(self) -> None:
         if not self.info.is_main:
+            if fsdp.is_sharded(self.model):
+                self.inference_model()  # gathering the shards takes every rank
             return
         from ..samplers import SAMPLERS
 
@@ -335,14 +256,18 @@ class Trainer:
                             "precision": self.precision}}
 
     def save(self) -> None:
+        if self.cfg.train.parallel == "fsdp":
+            return sharded_checkpoint.save(self)  # every rank writes its shard
+        data = self.batches.state_dict()  # on every rank: a sharded stream gathers each rank's position
         if not self.info.is_main:
             barrier(self.info)
             return
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "elapsed": self.elapsed,
-                 "optimizer": self.optimizer.state_dict(), "data": self.batches.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "data": data,
                  "noise_gen": self.noise_gen.get_state(), "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-                 "ema": None if self.ema is None else {"decay": self.ema.decay, "updates": self.ema.updates}}
+                 "ema": None if self.ema is None else {"decay": self.ema.decay, "updates": self.ema.updates},
+                 "process": self.process.training_state()}
 
         def write(folder: Path) -> None:
             ckpt.write_config(folder, self.config_dict())
@@ -370,12 +295,16 @@ class Trainer:
             raise UserError("the checkpoint's model shape differs from this config: resume with the "
                             "same model and data settings")
         state = ckpt.load_trainer_state(folder)
-        self.model.load_state_dict(ckpt.load_weights(folder / ckpt.WEIGHTS_FILE))
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None and state["ema"] is not None:
-            shadow = {k: v.to(self.device) for k, v in ckpt.load_weights(folder / ckpt.EMA_FILE).items()}
-            self.ema.load_state_dict({**state["ema"], "shadow": shadow})
+        if self.cfg.train.parallel == "fsdp" or sharded_checkpoint.is_sharded_checkpoint(folder):
+            sharded_checkpoint.load(self, folder, state)  # any world size; refuses a ddp/fsdp mix-up
+        else:
+            self.model.load_state_dict(ckpt.load_weights(folder / ckpt.WEIGHTS_FILE))
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.ema is not None and state["ema"] is not None:
+                shadow = {k: v.to(self.device) for k, v in ckpt.load_weights(folder / ckpt.EMA_FILE).items()}
+                self.ema.load_state_dict({**state["ema"], "shadow": shadow})
         self.batches.load_state_dict(state["data"])
+        self.process.load_training_state(state.get("process") or {})  # e.g. CDCD's time-warp fit
         self.noise_gen.set_state(state["noise_gen"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and self.device.type == "cuda":

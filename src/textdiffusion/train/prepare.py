@@ -1,0 +1,71 @@
+"""`textdiffusion prepare`: tokenise a config's data source once into memory-mapped shards (data/prepared.py),
+and the trainer's side of data.source=prepared:DIR (split, tokenizer, batches, validation rows)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..data import prepared
+from ..data.corpus import Split, iter_documents
+from ..data.packing import ChunkBatches, iter_chunks
+from ..errors import UserError
+from . import checkpoint as ckpt
+from .config import Config
+from .distributed import DistInfo
+
+
+def prepare(cfg: Config, out: str | Path) -> dict:
+    """Tokenise cfg.data's source (train and validation splits, packed as training packs them) into `out`;
+    returns the index. `out` is replaced atomically when it already holds prepared data."""
+    from .setup import plan_data_split, prepare_tokenizer  # the trainer's own split and tokenizer rules
+
+    cfg.validate()
+    d, out = cfg.data, Path(out)
+    if prepared.is_prepared(d.source):
+        raise UserError(f"data.source {d.source} is already prepared: give the original text source")
+    if d.packing not in ("wrap", "pad"):
+        raise UserError(f"data.packing={d.packing} cannot be prepared: use wrap or pad")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / prepared.INDEX_FILE).is_file())):
+        raise UserError(f"{out} exists and is not a prepared-data folder: choose another --out")
+    plan = plan_data_split(cfg)
+    index: dict = {}
+
+    def write(tmp: Path) -> None:
+        tok = prepare_tokenizer(cfg, tmp, DistInfo(), plan)  # trains a BPE on the text when data.tokenizer=bpe
+        splits = {}
+        for split in ("train", "validation"):
+            docs = iter_documents(d.source, split, d.val_fraction, d.split_seed, d.text_field, d.hf_split, plan)
+            splits[split] = prepared.write_split(tmp, split, iter_chunks(docs, tok, d.seq_len, d.packing),
+                                                 d.seq_len, tok.vocab_size)
+        settings = {key: getattr(d, key) for key in (*prepared.FIXED, "source", "val_fraction", "split_seed",
+                                                     "text_field", "hf_split")}
+        prepared.write_index(tmp, settings, splits, tok.kind, tok.vocab_size, dataclasses.asdict(plan))
+        index.update(prepared.read_index(tmp))
+
+    ckpt.atomic_folder(out, write)
+    return index
+
+
+def plan(cfg: Config) -> Split:
+    """The split the prepared folder was made with (for the log), after checking the run's data settings."""
+    index = prepared.check_settings(prepared.folder_of(cfg.data.source), dataclasses.asdict(cfg.data))
+    return Split(**index["split_plan"])
+
+
+def install_tokenizer(cfg: Config, tok_dir: Path) -> None:
+    """Copy the prepared folder's tokenizer into the run (once): its ids are the ones in the shards."""
+    if not tok_dir.exists():
+        shutil.copytree(prepared.folder_of(cfg.data.source) / "tokenizer", tok_dir)
+
+
+def batches(cfg: Config) -> ChunkBatches:
+    chunks = prepared.PreparedChunks(prepared.folder_of(cfg.data.source), "train")
+    return ChunkBatches(chunks, cfg.train.batch_size, seed=cfg.train.seed)
+
+
+def validation(cfg: Config, limit: int) -> torch.Tensor:
+    return prepared.validation_rows(prepared.folder_of(cfg.data.source), limit)
