@@ -10,20 +10,16 @@ import bisect
 import html
 import json
 import textwrap
-import unicodedata
 from pathlib import Path
 
 import torch
 
 from .data.tokenizers import MASK_CHAR, Tokenizer
 from .errors import UserError
+from .filmstrip_segments import Segment, edit_header, frame_segments, is_edit, mask_segments, printable, row_ids
 from .samplers.base import Frame
 
 SUFFIXES = (".html", ".gif", ".txt")
-
-# (kind, text) with kind "mask" (text is one MASK_CHAR per masked token), "new" (revealed since the
-# previous frame) or "old" (already there).
-Segment = tuple[str, str]
 
 
 def pick_frames(frames: list[Frame], n: int) -> list[Frame]:
@@ -63,108 +59,10 @@ def _check_frames(frames: list[Frame]) -> None:
         raise UserError("no frames to render: sample with record_frames=True")
 
 
-def _row_ids(frame: Frame, row: int) -> list[int]:
-    """The token ids of sample `row` in `frame` (a 1-D `ids` is a single sample)."""
-    ids = frame.ids if frame.ids.dim() == 2 else frame.ids.reshape(1, -1)
-    if not 0 <= row < ids.shape[0]:
-        raise UserError(f"row {row} is out of range: the frames hold {ids.shape[0]} samples")
-    return ids[row].tolist()
-
-
 def _header(frame: Frame, total: int, ids: list[int], mask_id: int) -> str:
     """`step 16/128 · t=0.875 · 12% unmasked`."""
     unmasked = 1.0 - masked_fraction(torch.tensor(ids, dtype=torch.long), mask_id)
     return f"step {frame.step}/{total} · t={frame.t:.3f} · {100 * unmasked:.0f}% unmasked"
-
-
-def _printable(text: str) -> str:
-    """Control characters other than newline and tab become U+FFFD (no stray terminal escapes)."""
-    return "".join("\ufffd" if unicodedata.category(c) == "Cc" and c not in "\n\t" else c for c in text)
-
-
-def _segments(ids: list[int], prev: list[int] | None, tokenizer: Tokenizer) -> list[Segment]:
-    """Split a row into runs of masks, newly revealed tokens and old tokens; other specials are dropped."""
-    mask_id = tokenizer.mask_id
-    others = tokenizer.special_ids - {mask_id}
-    if prev is not None and len(prev) != len(ids):
-        prev = None
-    runs: list[tuple[str, list[int]]] = []
-    for pos, tok in enumerate(ids):
-        if tok in others:
-            continue
-        if tok == mask_id:
-            kind = "mask"
-        elif prev is not None and prev[pos] == mask_id:
-            kind = "new"
-        else:
-            kind = "old"
-        if runs and runs[-1][0] == kind:
-            runs[-1][1].append(tok)
-        else:
-            runs.append((kind, [tok]))
-    return [(kind, MASK_CHAR * len(run) if kind == "mask" else _printable(tokenizer.decode(run, mask_char=None)))
-            for kind, run in runs]
-
-
-def _is_edit(frames: list[Frame]) -> bool:
-    """Frames of an edit sampler: the length changes, and each frame carries the edits that made it."""
-    return any(f.edits is not None for f in frames)
-
-
-def _edit_row(frame: Frame, row: int, tokenizer: Tokenizer) -> list[int]:
-    """An edit frame's row without its [MASK] padding (edit samplers never write [MASK])."""
-    return [i for i in _row_ids(frame, row) if i != tokenizer.mask_id]
-
-
-def _edit_segments(prev: list[int] | None, ids: list[int], edits: list | None, tokenizer: Tokenizer) -> list[Segment]:
-    """A row as runs of kept ("old"), inserted ("ins"), replacing ("rep") and deleted ("del") text: deleted and
-    replaced tokens of `prev` stay visible, struck out. `edits` are the frame's own edits when `prev` is the
-    frame just before, else None and the minimal alignment of prev to ids is shown."""
-    from .edits import Op, align
-
-    if prev is None:
-        return [("old", _printable(tokenizer.decode(ids, mask_char=None)))]
-    if edits is None:
-        edits = align(prev, ids)
-    runs: list[tuple[str, list[int]]] = []
-
-    def add(kind: str, tok: int) -> None:
-        if runs and runs[-1][0] == kind:
-            runs[-1][1].append(tok)
-        else:
-            runs.append((kind, [tok]))
-
-    pos = 0
-    for op, tok in edits:
-        if op == Op.INSERT:
-            add("ins", tok)
-            continue
-        if op == Op.KEEP:
-            add("old", tok)
-        elif op == Op.DELETE:
-            add("del", prev[pos])
-        else:
-            add("del", prev[pos])
-            add("rep", tok)
-        pos += 1
-    return [(kind, _printable(tokenizer.decode(run, mask_char=None))) for kind, run in runs]
-
-
-def _edit_header(frame: Frame, total: int, segments: list[Segment]) -> str:
-    """`step 3/10 · t=0.700 · +12 -3 ~4 chars · 57 chars`."""
-    count = {k: sum(len(t) for kind, t in segments if kind == k) for k in ("old", "ins", "rep", "del")}
-    return (f"step {frame.step}/{total} · t={frame.t:.3f} · +{count['ins']} -{count['del']} ~{count['rep']} chars"
-            f" · {count['old'] + count['ins'] + count['rep']} chars")
-
-
-def _frame_segments(frames: list[Frame], i: int, row: int, tokenizer: Tokenizer) -> list[Segment]:
-    """The segments of edit frame `i` of `frames` (sorted), against the frame shown before it."""
-    ids = _edit_row(frames[i], row, tokenizer)
-    if i == 0:
-        return _edit_segments(None, ids, None, tokenizer)
-    prev = _edit_row(frames[i - 1], row, tokenizer)
-    consecutive = frames[i].step == frames[i - 1].step + 1 and frames[i].edits is not None
-    return _edit_segments(prev, ids, frames[i].edits[row] if consecutive else None, tokenizer)
 
 
 _WDIFF = {"old": "{}", "ins": "{{+{}+}}", "rep": "{{+{}+}}", "del": "[-{}-]"}
@@ -175,9 +73,9 @@ def _render_terminal_edits(chosen: list[Frame], tokenizer: Tokenizer, row: int, 
     total = chosen[-1].step
     blocks = []
     for i, frame in enumerate(chosen):
-        segments = _frame_segments(chosen, i, row, tokenizer)
+        segments = frame_segments(chosen, i, row, tokenizer)
         text = "".join(_WDIFF[kind].format(t) for kind, t in segments)
-        blocks.append("\n".join([_edit_header(frame, total, segments), *_wrap(text, width)]))
+        blocks.append("\n".join([edit_header(frame, total, segments), *_wrap(text, width)]))
     return "\n\n".join(blocks) + "\n"
 
 
@@ -196,13 +94,13 @@ def render_terminal(frames: list[Frame], tokenizer: Tokenizer, row: int = 0, wid
     """Plain text: for each chosen frame, a header line and the decoded text (masks as ▒), wrapped."""
     _check_frames(frames)
     chosen = pick_frames(frames, n)
-    if _is_edit(chosen):
+    if is_edit(chosen):
         return _render_terminal_edits(chosen, tokenizer, row, width)
     total = chosen[-1].step
     blocks = []
     for frame in chosen:
-        ids = _row_ids(frame, row)
-        text = _printable(tokenizer.decode(ids, mask_char=MASK_CHAR))
+        ids = row_ids(frame, row)
+        text = printable(tokenizer.decode(ids, mask_char=MASK_CHAR))
         blocks.append("\n".join([_header(frame, total, ids, tokenizer.mask_id), *_wrap(text, width)]))
     return "\n\n".join(blocks) + "\n"
 
@@ -277,14 +175,14 @@ def render_html(frames: list[Frame], tokenizer: Tokenizer, row: int = 0, title: 
     sections = []
     prev: list[int] | None = None
     for i, frame in enumerate(frames):
-        ids = _row_ids(frame, row)
-        if _is_edit(frames):
-            segments = _frame_segments(frames, i, row, tokenizer)
-            header = html.escape(_edit_header(frame, total, segments), quote=False)
+        ids = row_ids(frame, row)
+        if is_edit(frames):
+            segments = frame_segments(frames, i, row, tokenizer)
+            header = html.escape(edit_header(frame, total, segments), quote=False)
             body = _segments_html(segments)
         else:
             header = html.escape(_header(frame, total, ids, tokenizer.mask_id), quote=False)
-            body = _segments_html(_segments(ids, prev, tokenizer))
+            body = _segments_html(mask_segments(ids, prev, tokenizer))
         sections.append(f'<section class="frame" data-index="{i}" data-step="{frame.step}">'
                         f"<h2>{header}</h2><pre>{body}</pre></section>")
         prev = ids
@@ -377,15 +275,15 @@ def write_gif(frames: list[Frame], tokenizer: Tokenizer, path: str | Path, row: 
     max_w = width_chars * em
     total = chosen[-1].step
 
-    rows = [_row_ids(f, row) for f in chosen]
+    rows = [row_ids(f, row) for f in chosen]
     widths = {"mask": em}
     pages = []
     for i, (frame, ids) in enumerate(zip(chosen, rows)):
-        if _is_edit(chosen):
-            segments = _frame_segments(chosen, i, row, tokenizer)
-            header = _edit_header(frame, total, segments)
+        if is_edit(chosen):
+            segments = frame_segments(chosen, i, row, tokenizer)
+            header = edit_header(frame, total, segments)
         else:
-            segments = _segments(ids, rows[i - 1] if i else None, tokenizer)
+            segments = mask_segments(ids, rows[i - 1] if i else None, tokenizer)
             header = _header(frame, total, ids, tokenizer.mask_id)
         cells = _cells(segments)
         widths.update({ch: font.getlength(ch) for _, ch in cells if ch not in widths})
