@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,3 +85,11 @@ def test_adapt_command_starts_from_the_ar_weights(tmp_path, capsys):
     weights = ckpt.load_weights(sft / "checkpoint" / ckpt.WEIGHTS_FILE)
     assert all(torch.allclose(weights[k], adapted[k], atol=1e-6) for k in adapted)
     assert Pipeline.from_pretrained(sft, device="cpu").chat([{"role": "user", "content": "3+1"}], steps=2).replies
+    # runs that load another model's whole weights refuse FSDP, in one line, before any work
+    for command in (["adapt", "--from", str(ar_dir), "--out", str(tmp_path / "sharded-adapt")],
+                    ["sft", "--from", str(out), "--data", str(chats), "--out", str(tmp_path / "sharded-sft")]):
+        capsys.readouterr()
+        assert main([*command, "train.parallel=fsdp"]) == 2
+        err = capsys.readouterr().err
+        assert "train.parallel=fsdp cannot take" in err and len(err.strip().splitlines()) == 1
+        assert not (Path(command[command.index("--out") + 1]) / "checkpoint").exists()

@@ -113,6 +113,13 @@ def copy_tokenizer(source: Path, out_dir: str | Path) -> None:
         load_tokenizer(source).save(tok_dir)
 
 
+def refuse_sharded_start(cfg: Config, what: str) -> None:
+    """Runs that start from another model's weights load them whole into an unsharded model: not under FSDP."""
+    if cfg.train.parallel == "fsdp":
+        raise UserError(f"{what} loads another model's full weights, which train.parallel=fsdp cannot take yet: "
+                        "use train.parallel=ddp (the default)")
+
+
 def load_start(trainer: Trainer, source: Path, saved: dict, causal: bool | None = None) -> None:
     """Load the weights of the model in `source` (EMA ones where saved) into a fresh trainer's model and EMA.
     The shapes must agree; `causal` is what the source's backbone had (None: the same as the trainer's)."""
@@ -134,6 +141,7 @@ class FinetuneTrainer(Trainer):
     pretrained or adapted model: `textdiffusion sft`). A resumed run keeps its own weights."""
 
     def __init__(self, cfg: Config, source: str | Path, resume: bool = False):
+        refuse_sharded_start(cfg, "a run started from a trained model (sft, distill)")
         folder = ckpt.resolve_model_dir(source)
         saved = ckpt.read_config(folder)
         if saved.get("process", {}).get("name") != cfg.process.name:
@@ -180,6 +188,7 @@ def check_anneal_steps(anneal_steps: object) -> int:
 
 class AdaptTrainer(AnnealedMask, Trainer):
     def __init__(self, cfg: Config, ar_dir: str | Path, anneal_steps: int = 0, resume: bool = False):
+        refuse_sharded_start(cfg, "adapt")
         check_anneal_steps(anneal_steps)
         block = cfg.process.name == "block"  # BD3-LM from the AR weights: its own block mask, no shift
         if block and anneal_steps:

@@ -23,6 +23,7 @@ from ..data.tokenizers import META_FILE
 from ..errors import UserError
 from ..interop.adapted import AdaptedMaskedLMConfig, untie_head
 from ..interop.masked_lm import MaskedLMDenoiser
+from .adapt import refuse_sharded_start
 from .config import Config
 from .trainer import Trainer
 
@@ -46,6 +47,7 @@ class BertStartTrainer(Trainer):
     """The trainer on a transformers masked LM started from `source` (module notes); masked process only."""
 
     def __init__(self, cfg: Config, source: str | Path, resume: bool = False, scratch: bool = False):
+        refuse_sharded_start(cfg, "adapt")
         if cfg.process.name != "masked" or cfg.process.extra.get("logit_shift", False):
             raise UserError("a BERT start trains process.name=masked without a logit shift (it predicts in place)")
         self.source, self.resuming, self.scratch = Path(source), resume, scratch

@@ -29,7 +29,7 @@ from ..errors import UserError
 from ..interop.adapted import AdaptedLlamaConfig
 from ..interop.hf_causal import llama_config, rename, resolve_source
 from ..interop.llama_like import LlamaLike
-from .adapt import AnnealedMask, check_anneal_steps
+from .adapt import AnnealedMask, check_anneal_steps, refuse_sharded_start
 from .config import Config
 from .trainer import Trainer
 
@@ -116,6 +116,7 @@ class LlamaAdaptTrainer(AnnealedMask, Trainer):
 
     def __init__(self, cfg: Config, source: str | Path, anneal_steps: int = 0, resume: bool = False,
                  scratch: bool = False):
+        refuse_sharded_start(cfg, "adapt")
         self.anneal_steps = check_anneal_steps(anneal_steps)
         self.scratch = scratch  # the same network and tokenizer, randomly initialised: the baseline
         if cfg.process.name != "masked" or not cfg.process.extra.get("logit_shift", False):
