@@ -61,22 +61,24 @@ def _limited_texts(cfg: Config, plan: Split | None = None):
 
 
 def prepare_tokenizer(cfg: Config, out_dir: Path, info: DistInfo, plan: Split | None = None) -> Tokenizer:
-    """Rank 0 builds (and for bpe, trains) the tokenizer and saves it; the others load that copy."""
+    """Rank 0 builds (and for bpe, trains) the tokenizer and saves it; the others load that copy once it is
+    complete (after the barrier: before it, a file rank 0 is still writing may be read half-written)."""
     tok_dir = out_dir / "tokenizer"
     meta = tok_dir / "tokenizer_meta.json"
-    if info.is_main and is_prepared(cfg.data.source):
-        prepare.install_tokenizer(cfg, tok_dir)  # the tokenizer the prepared ids come from
-    if meta.is_file():
-        kind = json.loads(meta.read_text())["kind"]
-        wanted = cfg.data.tokenizer if cfg.data.tokenizer in ("byte", "bpe", "gpt2") else "hf"
-        if kind != wanted:
-            raise UserError(f"{out_dir} already holds a {kind!r} tokenizer but the config asks for "
-                            f"{cfg.data.tokenizer!r}: choose another --out")
-    if info.is_main and not meta.is_file():
-        needs_text = cfg.data.tokenizer == "bpe"
-        tok = build_tokenizer(cfg.data.tokenizer, _limited_texts(cfg, plan) if needs_text else None,
-                              cfg.data.vocab_size)
-        tok.save(tok_dir)
+    if info.is_main:
+        if is_prepared(cfg.data.source):
+            prepare.install_tokenizer(cfg, tok_dir)  # the tokenizer the prepared ids come from
+        if meta.is_file():
+            kind = json.loads(meta.read_text())["kind"]
+            wanted = cfg.data.tokenizer if cfg.data.tokenizer in ("byte", "bpe", "gpt2") else "hf"
+            if kind != wanted:
+                raise UserError(f"{out_dir} already holds a {kind!r} tokenizer but the config asks for "
+                                f"{cfg.data.tokenizer!r}: choose another --out")
+        else:
+            needs_text = cfg.data.tokenizer == "bpe"
+            tok = build_tokenizer(cfg.data.tokenizer, _limited_texts(cfg, plan) if needs_text else None,
+                                  cfg.data.vocab_size)
+            tok.save(tok_dir)
     barrier(info)
     return load_tokenizer(tok_dir)
 
