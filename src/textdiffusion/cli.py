@@ -103,6 +103,11 @@ def _add_guidance(p: argparse.ArgumentParser) -> None:
     g.add_argument("--guidance-scale", type=float, default=None, help="masked: strength gamma of the tilt (default 2)")
 
 
+def _add_overrides(p: argparse.ArgumentParser, example: str) -> None:
+    """The config overrides a training-like command takes after its options."""
+    p.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help=f"config overrides, e.g. {example}")
+
+
 def _train_epilog() -> str:
     """The config keys `train` accepts, with their defaults, read from the config dataclasses."""
     from .train.config import PRESETS_DIR, Config
@@ -151,8 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preset name (see `presets`) or a YAML file; default tiny, or the run's own with --resume")
     p.add_argument("--out", default=None, help="run folder (overrides run.out_dir)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
-                   help="config overrides, e.g. train.steps=500 data.source=my.txt (keys listed below)")
+    _add_overrides(p, "train.steps=500 data.source=my.txt (keys listed below)")
     p.set_defaults(func=cmd_train)
 
     p = command("adapt", "continue an autoregressive run as a masked diffusion model (AR -> diffusion adaptation)",
@@ -176,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=None,
                    help="adapt an AR run to block diffusion with this block size (no logit shift, no annealing)")
     p.add_argument("--resume", action="store_true", help="continue the adapted run from its checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides, e.g. train.steps=500")
+    _add_overrides(p, "train.steps=500")
     p.set_defaults(func=cmd_adapt)
 
     p = command("sft", "instruction-tune a trained model on conversations (LLaDA's SFT)",
@@ -187,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="a .jsonl file of conversations ({\"messages\": [...]} per line)")
     p.add_argument("--out", required=True, help="run folder of the fine-tuned model")
     p.add_argument("--resume", action="store_true", help="continue the fine-tuning run from its checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides, e.g. train.steps=500")
+    _add_overrides(p, "train.steps=500")
     p.set_defaults(func=cmd_sft)
 
     p = command("distill", "distil a masked diffusion model into a few-step sampler (SDTT)",
@@ -202,8 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-steps", type=int, default=64,
                    help="sampling steps of the first teacher (a multiple of 2^rounds)")
     p.add_argument("--rounds", type=int, default=3, help="rounds, each halving the sampling steps")
-    p.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
-                   help="config overrides, e.g. train.steps=200 train.lr=1e-4 (train.steps is per round)")
+    _add_overrides(p, "train.steps=200 train.lr=1e-4 (train.steps is per round)")
     p.set_defaults(func=cmd_distill)
 
     p = command("convert-state", "make a run trained by an older version resumable",
@@ -221,8 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="tiny", help="preset name (see `presets`) or a YAML file whose data section "
                    "to prepare (default tiny)")
     p.add_argument("--out", required=True, help="the folder to write (replaced atomically if it holds prepared data)")
-    p.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
-                   help="config overrides, e.g. data.source=my_texts/ data.seq_len=1024")
+    _add_overrides(p, "data.source=my_texts/ data.seq_len=1024")
     p.set_defaults(func=cmd_prepare)
 
     p = command("presets", "list the training presets",
