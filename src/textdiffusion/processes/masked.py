@@ -22,6 +22,11 @@ probability alpha(1), which a point mass on [MASK] cannot explain, so the prior 
 + alpha(1) uniform over the V - 1 other tokens, and (P) = alpha(1) log(V - 1) per scored token (the
 samplers start from all [MASK]: a difference of alpha(1) per token, 2e-9 for 'linear', 0 otherwise).
 Training (`loss`) uses the same estimate: the reconstruction branch needs no extra forward pass.
+
+Training-recipe ablations (`loss` only; `nelbo_per_sequence`, the bound that validation and `score` use, never
+changes): loss_weighting="flat" weights each masked token's -log p_theta(x0_l | x_t) by 1 instead of
+`bound_weight` (MaskGIT/BERT-style; not a bound), and ce_lambda adds lambda * sum_{l masked} -log p_theta(x0_l | x_t)
+unweighted: D3PM's hybrid objective L_vb + lambda E[-log p_theta(x0 | x_t)] (Austin et al. 2021) written for MDLM.
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ import math
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..schedules import get_schedule
-from .base import DiffusionProcess, register
+from .base import DiffusionProcess, LossOutput, register
+
+LOSS_WEIGHTINGS = ("elbo", "flat")
 
 
 @register
@@ -40,7 +48,19 @@ class MaskedDiffusion(DiffusionProcess):
     name = "masked"
 
     def __init__(self, vocab_size: int, mask_id: int, schedule: str = "loglinear", t_min: float = 1e-3,
-                 antithetic: bool = True, logit_shift: bool = False):
+                 antithetic: bool = True, logit_shift: bool = False, loss_weighting: str = "elbo",
+                 ce_lambda: float = 0.0):
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise UserError(f"unknown loss_weighting {loss_weighting!r}: choose one of {', '.join(LOSS_WEIGHTINGS)}")
+        if isinstance(ce_lambda, str):  # YAML 1.1 reads an override like ce_lambda=1e-3 (no dot) as a string
+            try:
+                ce_lambda = float(ce_lambda)
+            except ValueError:
+                pass
+        if isinstance(ce_lambda, bool) or not isinstance(ce_lambda, (int, float)) or not 0 <= ce_lambda < math.inf:
+            raise UserError(f"ce_lambda must be a finite number >= 0 (the weight of the extra cross-entropy term; "
+                            f"0 disables it), got {ce_lambda!r}")
+        self.loss_weighting, self.ce_lambda = loss_weighting, float(ce_lambda)
         self.vocab_size, self.mask_id = vocab_size, mask_id
         # AR -> diffusion adaptation (train/adapt.py): the backbone reads [START] x_t, position l predicts x0_l
         self.logit_shift = logit_shift
@@ -53,7 +73,14 @@ class MaskedDiffusion(DiffusionProcess):
 
     def config(self) -> dict:
         out = {"schedule": self.schedule_name, "t_min": self.t_min, "antithetic": self.antithetic}
-        return {**out, "logit_shift": True} if self.logit_shift else out
+        if self.logit_shift:
+            out["logit_shift"] = True
+        # recipe options only when set, so the configs of runs trained before they existed stay identical
+        if self.loss_weighting != "elbo":
+            out["loss_weighting"] = self.loss_weighting
+        if self.ce_lambda != 0:
+            out["ce_lambda"] = self.ce_lambda
+        return out
 
     def denoiser(self, model: nn.Module) -> nn.Module:
         """What samplers and the bound call: the backbone itself, or its logit-shifted view (train/adapt.py)."""
@@ -107,13 +134,40 @@ class MaskedDiffusion(DiffusionProcess):
 
         The sample s = noise["t"] ~ U[0, 1]: x_t is drawn at t = max(s, t_min) and weighted by `bound_weight`.
         """
+        s, nll = self._masked_nll(model, x0, noise, loss_mask)
+        return self._nelbo(s, nll, x0, loss_mask)
+
+    def _masked_nll(self, model: nn.Module, x0: torch.Tensor, noise: dict[str, torch.Tensor],
+                    loss_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s [B], -log p_theta(x0_l | x_t) at the masked positions and 0 elsewhere [B, L]) for one noise draw."""
         s = noise["t"]
         t = self.noise_level(s)
         xt, masked = self.corrupt(x0, t, noise["u"], loss_mask)
-        nll = masked_nll(self.denoiser(model)(xt, t), x0, masked, self.mask_id)
+        return s, masked_nll(self.denoiser(model)(xt, t), x0, masked, self.mask_id)
+
+    def _nelbo(self, s: torch.Tensor, nll: torch.Tensor, x0: torch.Tensor,
+               loss_mask: torch.Tensor | None) -> torch.Tensor:
         n_scored = x0.shape[1] if loss_mask is None else loss_mask.sum(1)
         # -log p(x0) <= (R) + int_{t_min}^1 w(t) E[sum_masked -log p] dt + (P): s < t_min samples (R) / t_min
         return self.bound_weight(s) * nll.sum(dim=1) + self.prior_nats * n_scored
+
+    def loss(self, model: nn.Module, x0: torch.Tensor, noise: dict[str, torch.Tensor],
+             loss_mask: torch.Tensor | None = None) -> LossOutput:
+        """The training objective: the NELBO (default), or the recipe the options choose (module notes).
+
+        flat: E_s[sum_{l masked} -log p_theta(x0_l | x_t)] with the same t = max(s, t_min); ce_lambda adds lambda
+        times that flat sum to either weighting."""
+        if self.loss_weighting == "elbo" and self.ce_lambda == 0:
+            return super().loss(model, x0, noise, loss_mask)  # the bound itself, bit for bit
+        if type(self).nelbo_per_sequence is not MaskedDiffusion.nelbo_per_sequence:
+            raise UserError(f"process {self.name!r} does not support loss_weighting/ce_lambda")  # its own estimate
+        s, nll = self._masked_nll(model, x0, noise, loss_mask)
+        flat = nll.sum(dim=1)
+        per_seq = self._nelbo(s, nll, x0, loss_mask) if self.loss_weighting == "elbo" else flat
+        if self.ce_lambda:
+            per_seq = per_seq + self.ce_lambda * flat
+        n_tokens = x0.numel() if loss_mask is None else int(loss_mask.sum())
+        return LossOutput(total=per_seq.sum(), n_tokens=n_tokens)
 
 
 def masked_nll(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, mask_id: int) -> torch.Tensor:

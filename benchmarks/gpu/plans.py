@@ -1,0 +1,86 @@
+"""The job lists of benchmarks/gpu/sweep.py: the issue-17 budget plot and training-recipe ablation.
+
+Every job is the `small` suite's byte-level run (4 layers x 256, windows of 128 bytes, batch 32, lr 1e-3 with 100
+warm-up steps, EMA 0.995, 1,200 steps = 4.9M tokens) with a family and a few overrides.
+- budget: an AR judge trained apart (seed 1) first; then AR, MDLM, BD3-LM (block 4), the best non-block discrete
+  family of `bench small` (D3PM with the embedding-distance transition) and D3PM-absorbing, 9,600 steps (39M
+  tokens) at a constant learning rate after warm-up, scored every 600 steps, so one run gives the budgets 2.5M,
+  4.9M, 9.8M, 19.7M and 39M tokens.
+- ablation: MDLM's recipe one change at a time at the `small` budget, 3 seeds each, plus D3PM-absorbing with and
+  without its hybrid cross-entropy term (the comparison the issue asks to explain).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from textdiffusion.bench.runs import run_config
+from textdiffusion.bench.suites import get_suite
+from textdiffusion.train.config import Config
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    plan: str
+    family: str  # a family of the `small` suite
+    variant: str
+    seed: int = 0
+    overrides: tuple[str, ...] = ()
+    samples: bool = False  # write samples for judging
+    sampler: dict = field(default_factory=dict)
+
+
+def job_config(job: Job, out_dir: Path, device: str, extra: list[str] | None = None) -> Config:
+    suite = get_suite("small")
+    byte = next(t for t in suite.tokenizations if t.name == "byte")
+    return run_config(suite, byte, suite.family(job.family), out_dir.parent,
+                      [*job.overrides, f"train.seed={job.seed}", f"run.out_dir={out_dir}", f"train.device={device}",
+                       "run.progress=false", "run.sample_every=0", *(extra or [])])
+
+
+BUDGET_STEPS, BUDGET_EVERY = 9600, 600
+BUDGET_FAMILIES = {"ar": {}, "mdlm": {"steps": 128}, "bd3-4": {"steps": 4}, "d3pm-embedding": {"steps": 128},
+                   "d3pm-absorbing": {"steps": 128}}
+
+ABLATION = {  # variant -> (family, overrides)
+    "mdlm (small recipe)": ("mdlm", ()),
+    "hybrid CE, lambda 0.01": ("mdlm", ("process.ce_lambda=0.01",)),
+    "hybrid CE, lambda 0.1": ("mdlm", ("process.ce_lambda=0.1",)),
+    "flat weighting": ("mdlm", ("process.loss_weighting=flat",)),
+    "MD4 cosine schedule": ("mdlm", ("process.schedule=md4-cosine",)),
+    "cosine schedule": ("mdlm", ("process.schedule=cosine",)),
+    "time conditioning": ("mdlm", ("model.time_conditioning=true",)),
+    "no antithetic t": ("mdlm", ("process.antithetic=false",)),
+    "no EMA": ("mdlm", ("train.ema_decay=0",)),
+    "EMA 0.999": ("mdlm", ("train.ema_decay=0.999",)),
+    "lr 2e-3": ("mdlm", ("train.lr=2e-3",)),
+    "lr 5e-4": ("mdlm", ("train.lr=5e-4",)),
+    "warm-up 500": ("mdlm", ("train.warmup_steps=500",)),
+    "batch 64 (600 steps)": ("mdlm", ("train.batch_size=64", "train.steps=600")),
+    "batch 16 (2,400 steps)": ("mdlm", ("train.batch_size=16", "train.steps=2400")),
+    "d3pm-absorbing (lambda 0.01)": ("d3pm-absorbing", ()),
+    "d3pm-absorbing, lambda 0": ("d3pm-absorbing", ("process.hybrid_lambda=0",)),
+}
+SEEDS = (0, 1, 2)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-").replace("--", "-")
+
+
+PLANS: dict[str, list[Job]] = {
+    # first: a byte-level AR judge trained apart (seed 1, saved every 1,200 steps) that generates nothing, to judge
+    # the budget runs' samples
+    "budget": [Job("budget-judge", "budget", "ar", "judge (AR, seed 1)", 1,
+                   (f"train.steps={BUDGET_STEPS}", "train.min_lr_ratio=1.0", f"run.eval_every={BUDGET_EVERY}",
+                    "run.eval_batches=16", "run.save_every=1200"))] + [Job(f"budget-{fam}", "budget", fam, fam, 0,
+                   (f"train.steps={BUDGET_STEPS}", "train.min_lr_ratio=1.0", f"run.eval_every={BUDGET_EVERY}",
+                    "run.eval_batches=16", "run.save_every=1200"), True, sampler)
+               for fam, sampler in BUDGET_FAMILIES.items()],
+    # seed 0 of every variant first, so a deadline leaves whole rows with fewer seeds rather than missing rows
+    "ablation": [Job(f"ablation-{_slug(variant)}-s{seed}", "ablation", fam, variant, seed,
+                     (*overrides, "run.eval_every=100000", "run.save_every=100000"))
+                 for seed in SEEDS for variant, (fam, overrides) in ABLATION.items()],
+}

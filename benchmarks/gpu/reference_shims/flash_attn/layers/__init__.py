@@ -1,0 +1,1 @@
+from . import rotary  # noqa: F401

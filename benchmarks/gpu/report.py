@@ -1,0 +1,166 @@
+"""Tables and the budget plot from a benchmarks/gpu/sweep.py results.json (runs anywhere; no GPU needed).
+
+    python3 benchmarks/gpu/report.py RESULTS.json [--plot budget.png] [--judge RUN_DIR] [--also-judge smollm2]
+
+- ablation: each variant's final NELBO (512 fixed validation windows x 4 draws of t, EMA weights), mean over seeds,
+  the spread between seeds, and the paired difference to the base recipe (same seed: same data order and init).
+- budget: each family's validation NELBO at every scored step (512 windows, 1 draw of t, the same windows and draws
+  for every family) and its perplexity ratio to AR at the same tokens; --plot draws the ratio against tokens.
+- --judge: the budget runs' samples scored by a judge that generated none of them (the sweep's AR judge, trained
+  apart with seed 1), beside its score of held-out text; --also-judge adds a load_judge spec (e.g. smollm2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import markdown_table  # noqa: E402
+
+BASE = "mdlm (small recipe)"
+
+
+def ablation_table(jobs: list[dict]) -> str:
+    by_variant: dict[str, dict[int, float]] = defaultdict(dict)
+    stderr: dict[str, list[float]] = defaultdict(list)
+    for j in jobs:
+        if j["plan"] == "ablation" and "final_nelbo" in j:
+            by_variant[j["variant"]][j["seed"]] = j["final_nelbo"]
+            stderr[j["variant"]].append(j["final_stderr"])
+    base = by_variant.get(BASE, {})
+    rows = []
+    for variant, seeds in by_variant.items():
+        values = list(seeds.values())
+        mean = statistics.fmean(values)
+        spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+        paired = [seeds[s] - base[s] for s in seeds if s in base]
+        if variant == BASE or not paired:
+            delta = "—"
+        else:
+            d = statistics.fmean(paired)
+            se = statistics.stdev(paired) / math.sqrt(len(paired)) if len(paired) > 1 else float("nan")
+            delta = f"{d:+.3f} ± {se:.3f}" if not math.isnan(se) else f"{d:+.3f}"
+        rows.append([variant, len(values), f"{mean:.3f}", "—" if math.isnan(spread) else f"{spread:.3f}",
+                     f"{statistics.fmean(stderr[variant]):.3f}", delta])
+    if not rows:
+        return "(no ablation job finished)"
+    rows.sort(key=lambda r: float(r[2]))
+    return markdown_table(["variant", "seeds", "test NELBO (nats/byte), mean", "sd over seeds",
+                           "per-run s.e. (t draws)", "paired change vs base ± s.e."], rows)
+
+
+def budget_points(jobs: list[dict]) -> dict[str, dict[int, float]]:
+    """family -> {tokens: validation NELBO} from the scored steps of each budget job (the judge left out)."""
+    out: dict[str, dict[int, float]] = {}
+    for j in jobs:
+        if j["plan"] == "budget" and j["name"] != "budget-judge" and j.get("evals"):
+            tokens_per_step = 32 * 128
+            out[j["variant"]] = {e["step"] * tokens_per_step: e["val_nelbo"] for e in j["evals"] if "val_nelbo" in e}
+    return out
+
+
+def budget_table(points: dict[str, dict[int, float]]) -> str:
+    ar = points.get("ar", {})
+    budgets = sorted({t for p in points.values() for t in p})
+    if not budgets:
+        return "(no budget job was scored)"
+    rows = []
+    for fam, p in points.items():
+        cells = []
+        for t in budgets:
+            if t not in p:
+                cells.append("")
+            elif fam == "ar" or t not in ar:
+                cells.append(f"{p[t]:.3f}")
+            else:
+                cells.append(f"{p[t]:.3f} ({math.exp(p[t] - ar[t]):.2f}x)")
+        rows.append([fam, *cells])
+    return markdown_table(["family", *[f"{t / 1e6:.1f}M tokens" for t in budgets]], rows)
+
+
+def plot(points: dict[str, dict[int, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ar = points.get("ar", {})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for fam, p in points.items():
+        ts = sorted(p)
+        left.plot([t / 1e6 for t in ts], [p[t] for t in ts], marker="o", label=fam)
+        if fam != "ar":
+            both = [t for t in ts if t in ar]
+            right.plot([t / 1e6 for t in both], [math.exp(p[t] - ar[t]) for t in both], marker="o", label=fam)
+    left.set(xscale="log", xlabel="training tokens (millions)", ylabel="validation NLL / NELBO (nats per byte)",
+             title="likelihood (bound) against budget")
+    right.set(xscale="log", xlabel="training tokens (millions)", ylabel="perplexity (bound) / AR perplexity",
+              title="gap to AR against budget")
+    right.axhline(1.0, color="grey", lw=0.8)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def judge_table(jobs: list[dict], judges: list[str], reference: list[str]) -> str:
+    from textdiffusion.eval.judge import load_judge
+
+    loaded = [load_judge(spec) for spec in judges]
+    rows = [["held-out text", len(reference), *[f"{j.score(reference).perplexity:,.2f}" for j in loaded]]]
+    for job in jobs:
+        if job.get("samples"):
+            rows.append([job["variant"], len(job["samples"]),
+                         *[f"{j.score(job['samples']).perplexity:,.2f}" for j in loaded]])
+    return markdown_table(["texts", "n", *[f"judge: {Path(s).name} ppl" for s in judges]], rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results", type=Path)
+    ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument("--judge", default=None, help="a run folder or load_judge spec that generated none of the texts")
+    ap.add_argument("--also-judge", action="append", default=[])
+    args = ap.parse_args()
+    data = json.loads(args.results.read_text())
+    jobs = data["jobs"]
+    states = defaultdict(int)
+    for j in jobs:
+        states[j["state"]] += 1
+    print(f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in states.items()) + f"; wall {data['wall_s']:.0f} s\n")
+    print("## ablation\n\n" + ablation_table(jobs) + "\n")
+    points = budget_points(jobs)
+    print("## budget (validation NELBO, nats per byte; in brackets the perplexity ratio to AR)\n\n"
+          + budget_table(points) + "\n")
+    if args.plot:
+        plot(points, args.plot)
+        print(f"wrote {args.plot}")
+    if args.judge:
+        from textdiffusion.data.corpus import BUNDLED  # noqa: F401 -- the held-out text comes from the same split
+        reference = held_out_text(n=32)
+        print("## samples judged\n\n" + judge_table(jobs, [args.judge, *args.also_judge], reference))
+
+
+def held_out_text(n: int) -> list[str]:
+    """n validation windows of the `small` suite's byte data, as text (what a judge should find likely)."""
+    from plans import Job, job_config  # benchmarks/gpu/plans.py
+
+    from textdiffusion.data.tokenizers import ByteTokenizer
+    from textdiffusion.train.setup import plan_data_split, validation_chunks
+
+    cfg = job_config(Job("reference", "budget", "ar", "reference"), Path("/tmp/reference-unused"), "cpu")
+    tok = ByteTokenizer()
+    rows = validation_chunks(cfg, tok, n, plan_data_split(cfg))
+    return [tok.decode(r.tolist()) for r in rows]
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
