@@ -42,7 +42,7 @@ def test_family_trains_samples_and_scores_on_cuda_bf16(family: str, compile_: bo
         out = pipe.generate(num_samples=2, length=32, seed=0)
         scores = pipe.score(["To be, or not to be, that is the question."], t_samples=4)
     assert next(pipe.model.parameters()).is_cuda
-    assert out.ids.shape == (2, 32) and out.ids.is_cuda and len(out.texts) == 2
+    assert out.ids.shape == (2, 32) and len(out.texts) == 2  # sampled on CUDA; Pipeline hands ids back on the CPU
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
               if '"loss"' in line]
     assert math.isfinite(first) and all(math.isfinite(v) for v in losses)
