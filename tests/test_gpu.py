@@ -48,3 +48,4 @@ def test_family_trains_samples_and_scores_on_cuda_bf16(family: str, compile_: bo
     assert math.isfinite(first) and all(math.isfinite(v) for v in losses)
     assert sum(losses[-10:]) / 10 < first  # it learned: 40 steps at lr 3e-3 on Hamlet
     assert math.isfinite(scores[0].nats_per_token) and scores[0].nats_per_token > 0
+

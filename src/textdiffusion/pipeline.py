@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
@@ -24,7 +23,7 @@ from .errors import UserError
 from .eval.likelihood import LikelihoodResult, nelbo
 from .infill import parse_gaps
 from .models import Transformer
-from .precision import resolve_precision
+from .precision import inference_context, resolve_precision
 from .processes import DiffusionProcess
 from .progress import progress_bar
 from .samplers import FAMILY_SAMPLERS, SAMPLERS, Frame, check_config
@@ -119,9 +118,8 @@ class Pipeline:
         return next(self.model.parameters()).device
 
     def _autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """bf16 autocast where chosen, and attention kernels that suit changing shapes (precision.py)."""
+        return inference_context(self.precision, self.device)
 
     # ---- sampling -------------------------------------------------------------------------
     def _sampler(self, sampler: str | None) -> tuple[str, type, Callable]:

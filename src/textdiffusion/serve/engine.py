@@ -19,9 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from ..pipeline import Pipeline
+from ..precision import inference_context
 from ..samplers import Frame
 from .batcher import BatchedModel, ForwardBatcher
 
@@ -126,12 +125,8 @@ class Engine:
                  max_wait_s: float = 0.02):
         self.base, self.limits = pipe, limits or Limits()
 
-        def autocast():
-            if pipe.precision == "bf16":
-                return torch.autocast(pipe.device.type, dtype=torch.bfloat16)
-            return contextlib.nullcontext()
-
-        self.batcher = ForwardBatcher(pipe.model, enabled=batching, max_wait_s=max_wait_s, autocast=autocast)
+        self.batcher = ForwardBatcher(pipe.model, enabled=batching, max_wait_s=max_wait_s,
+                                      autocast=lambda: inference_context(pipe.precision, pipe.device))
         self.pipe = Pipeline(BatchedModel(pipe.model, self.batcher), pipe.process, pipe.tokenizer, pipe.config,
                              pipe.precision)
         self.executor = ThreadPoolExecutor(max_workers=self.limits.max_running, thread_name_prefix="textdiffusion")
