@@ -9,6 +9,7 @@ from .edit_flow import EditFlow as EditFlow  # registers "edit_flow" (Edit Flows
 from .gaussian import GaussianDiffusion as GaussianDiffusion  # registers "gaussian" (Diffusion-LM)
 from .masked import MaskedDiffusion
 from .sedd import SEDD as SEDD  # registers "sedd"
+from .spindle import SpindleMaskedDiffusion as SpindleMaskedDiffusion  # registers "masked-spindle"
 
 __all__ = ["PROCESSES", "Autoregressive", "BlockDiffusion", "DiffusionProcess", "MaskedDiffusion", "build_process",
            "register"]

@@ -23,6 +23,10 @@ ones.
 The clipped schedule (Sec. 5.2) draws the training mask rate from U[mask_rate_min, mask_rate_max]
 instead of U[0, 1] (and drops the reconstruction term): it lowers the gradient variance; evaluation
 always uses the full range, so the reported numbers stay a bound. Unclipped, training uses the bound.
+
+`logit_shift=True` (a block model adapted from an AR one, processes/block_shift.py) reads both halves shifted
+right by one, so output l predicts x0_l from the token before it, as the AR model did; `train_attention` (set
+per step while annealing, train/adapt.py) limits which tokens of a block (noisy or clean) see each other.
 """
 
 from __future__ import annotations
@@ -63,8 +67,9 @@ class BlockDiffusion(MaskedDiffusion):
 
     def __init__(self, vocab_size: int, mask_id: int, block_size: int = 4, schedule: str = "loglinear",
                  t_min: float = 1e-3, antithetic: bool = True, mask_rate_min: float = 0.0,
-                 mask_rate_max: float = 1.0):
+                 mask_rate_max: float = 1.0, logit_shift: bool = False):
         super().__init__(vocab_size, mask_id, schedule, t_min, antithetic)
+        self.logit_shift = bool(logit_shift)  # AR-adapted: the shifted frame of processes/block_shift.py
         if not isinstance(block_size, int) or block_size < 1:
             raise UserError(f"block_size must be a positive integer, got {block_size!r}")
         if not 0.0 <= mask_rate_min <= mask_rate_max <= 1.0:
@@ -78,6 +83,14 @@ class BlockDiffusion(MaskedDiffusion):
     def config(self) -> dict:
         return {**super().config(), "block_size": self.block_size, "mask_rate_min": self.mask_rate_min,
                 "mask_rate_max": self.mask_rate_max}
+
+    def denoiser(self, model: nn.Module) -> nn.Module:
+        """What the block sampler calls: the backbone, or its shifted view (processes/block_shift.py)."""
+        if not self.logit_shift:
+            return model
+        from .block_shift import ShiftedBlockDenoiser
+
+        return ShiftedBlockDenoiser(model, self.mask_id)
 
     def num_blocks(self, length: int) -> int:
         return -(-length // self.block_size)
@@ -118,6 +131,14 @@ class BlockDiffusion(MaskedDiffusion):
                             f"{length} (block_size = length is MDLM)")
         positions = torch.arange(length, device=xt.device).repeat(2)
         mask = training_mask(length, self.block_size, xt.device)
+        if self.train_attention is not None:  # annealing: inside a block, a token sees what it allows (both halves)
+            allowed = self.train_attention[:length, :length].to(mask.device)  # causal, plus random future keys
+            mask[:length, :length] &= allowed
+            mask[length:, length:] &= allowed
+        if self.logit_shift:
+            from .block_shift import shifted_block_inputs
+
+            xt, x0 = shifted_block_inputs(xt, x0, self.block_size, self.mask_id)
         return model(torch.cat([xt, x0], dim=1), attn_mask=mask, positions=positions, outputs=slice(0, length))
 
     def log_probs(self, model: nn.Module, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from .mdlm import AncestralConfig, ancestral_sample
 from .remdm import ReMDMConfig, remdm_sample
 from .sedd import SEDDAnalyticConfig, SEDDEulerConfig, sedd_analytic_sample, sedd_euler_sample
 from .semi_ar import SemiARConfig, semi_ar_sample
+from .spindle import SpindleConfig, spindle_sample
 
 SAMPLERS = {"ancestral": (AncestralConfig, ancestral_sample), "ar": (ARConfig, ar_sample)}
 SAMPLERS["d3pm"] = (D3PMConfig, d3pm_sample)
@@ -25,6 +26,7 @@ SAMPLERS.update(sedd=(SEDDEulerConfig, sedd_euler_sample), sedd_analytic=(SEDDAn
 SAMPLERS.update(confidence=(ConfidenceConfig, confidence_sample), threshold=(ThresholdConfig, threshold_sample),
                 block=(BlockConfig, block_sample), semi_ar=(SemiARConfig, semi_ar_sample),
                 remdm=(ReMDMConfig, remdm_sample), first_hitting=(FirstHittingConfig, first_hitting_sample))
+SAMPLERS["spindle"] = (SpindleConfig, spindle_sample)  # masked-spindle models (processes/spindle.py)
 
 # Samplers that belong to one family: each runs only that process's models, and those models run only it.
 # sampler -> (process name, the family's name in error messages)
@@ -49,6 +51,7 @@ SUMMARIES = {
     "edit_flow": "Edit Flows models' default (and only sampler): Euler steps of the insert / delete / substitute "
                  "CTMC from the empty sequence (or the input) to t = 1",
     "first_hitting": "masked models: one exact continuous-time reveal per forward pass (first-hitting sampler)",
+    "spindle": "masked-spindle models' default: ancestral steps with each token's own schedule (DiffusionBERT)",
     "gaussian": "continuous embedding (Diffusion-LM) models' default (and only sampler): Gaussian reverse steps, "
                 "ancestral (eta=1) or DDIM (eta=0), clamping to embeddings, then rounding",
     "entropy_bound": "uniform-state models: DiffusionGemma's entropy-bound canvas sampler (accept the lowest-entropy "

@@ -11,10 +11,12 @@ diffusion model from a trained autoregressive baseline instead of from scratch.
   Evaluation and sampling always use the full bidirectional model.
 
 * **Block diffusion.** With process.name=block (`adapt --block-size B`) the BD3-LM model starts from the AR
-  weights under its own block-causal training mask; no shift and no annealing (the block sampler's KV cache
-  places tokens at their own positions, which the shifted frame would move by one): the AR network's
-  attention pattern carries over (each noisy token sees the clean tokens before it), its input/output
-  alignment does not.
+  weights under its own block-causal training mask: the AR network's attention pattern carries over (each
+  noisy token sees the clean tokens before it), its input/output alignment does not. `process.logit_shift=true`
+  keeps that too (Dream / Fast-dLLM v2; processes/block_shift.py: output l reads token l - 1 and predicts
+  token l, a block's first token from the clean text before it), and then `--anneal-steps` opens the attention
+  inside each noisy block from causal to full; at step 0 with annealing, the prediction for the first masked
+  token of every block is the AR model's next-token distribution.
 
 Pretrained networks from elsewhere start here too: train/adapt_llama.py (SmolLM2 and other LLaMA-family causal
 LMs), train/adapt_bert.py (masked LMs); `source_kind` tells `textdiffusion adapt` which one a --from names.
@@ -190,9 +192,10 @@ class AdaptTrainer(AnnealedMask, Trainer):
     def __init__(self, cfg: Config, ar_dir: str | Path, anneal_steps: int = 0, resume: bool = False):
         refuse_sharded_start(cfg, "adapt")
         check_anneal_steps(anneal_steps)
-        block = cfg.process.name == "block"  # BD3-LM from the AR weights: its own block mask, no shift
-        if block and anneal_steps:
-            raise UserError("block adaptation trains with the block-causal mask from the start: drop --anneal-steps")
+        block = cfg.process.name == "block"  # BD3-LM from the AR weights: its own block mask
+        if block and anneal_steps and not cfg.process.extra.get("logit_shift", False):
+            raise UserError("block adaptation trains with the block-causal mask from the start: drop --anneal-steps "
+                            "(or add process.logit_shift=true, whose causal start it opens)")
         if not block and (cfg.process.name != "masked" or not cfg.process.extra.get("logit_shift", False)):
             raise UserError("AR -> diffusion adaptation trains process.name=masked with process.logit_shift=true "
                             "(or process.name=block)")

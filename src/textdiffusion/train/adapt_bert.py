@@ -1,12 +1,14 @@
 """BERT -> diffusion (DiffusionBERT, He et al., 2023): start a masked denoiser from a pretrained encoder.
 
-A masked LM already predicts each [MASK] from both sides, which is the x0 prediction of absorbing diffusion;
-what it lacks is practice at high mask rates (BERT saw 15%). So the encoder trains on with our masked process
-(MDLM's NELBO, log-linear schedule) at every rate t ~ U[0, 1]. The network is transformers' own masked-LM class
-for the folder's config (BERT, RoBERTa, ModernBERT, ...), loaded with `from_pretrained` (no download). A folder
-of the bare encoder (e.g. a sentence-transformers checkpoint, `BertModel`) has no MLM head: transformers then
-initialises the head's transform and bias, and its decoder starts as the word embeddings (BERT's tying), which
-is what such a start can offer. The head is untied afterwards so the checkpoint stores plain tensors.
+A masked LM already predicts each [MASK] from both sides, which is the x0 prediction of absorbing diffusion; what
+it lacks is practice at high mask rates (BERT saw 15%). So the encoder trains on with our masked process (MDLM's
+NELBO, log-linear schedule) at every rate t ~ U[0, 1]; `process.name=masked-spindle` trains it with DiffusionBERT's
+spindle schedule instead (processes/spindle.py: informative tokens masked earlier, the schedule fitted to the
+training corpus's token counts by train/spindle_fit.py). The network is transformers' own masked-LM class for the
+folder's config (BERT, RoBERTa, ModernBERT, ...), loaded with `from_pretrained` (no download). A folder of the bare
+encoder (e.g. a sentence-transformers checkpoint, `BertModel`) has no MLM head: transformers then initialises the
+head's transform and bias, and its decoder starts as the word embeddings (BERT's tying), which is what such a start
+can offer. The head is untied afterwards so the checkpoint stores plain tensors.
 
 The tokenizer is the folder's ([CLS] as [BOS], [SEP] as [EOS], its [MASK] and [PAD]); the run folder is a
 textdiffusion checkpoint with model "arch": "hf_masked_lm" (interop/adapted.py). `scratch=True` trains the same
@@ -15,6 +17,7 @@ network from transformers' random initialisation: the baseline of the comparison
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -48,8 +51,9 @@ class BertStartTrainer(Trainer):
 
     def __init__(self, cfg: Config, source: str | Path, resume: bool = False, scratch: bool = False):
         refuse_sharded_start(cfg, "adapt")
-        if cfg.process.name != "masked" or cfg.process.extra.get("logit_shift", False):
-            raise UserError("a BERT start trains process.name=masked without a logit shift (it predicts in place)")
+        if cfg.process.name not in ("masked", "masked-spindle") or cfg.process.extra.get("logit_shift", False):
+            raise UserError("a BERT start trains process.name=masked (or masked-spindle) without a logit shift "
+                            "(it predicts in place)")
         self.source, self.resuming, self.scratch = Path(source), resume, scratch
         self.hf_config, self.hf_class = _hf_config(self.source)
         positions = int(getattr(self.hf_config, "max_position_embeddings", 512))
@@ -60,8 +64,13 @@ class BertStartTrainer(Trainer):
         if not (tok_dir / META_FILE).is_file():
             from ..interop.tokenizer import folder_tokenizer
 
-            folder_tokenizer(self.source, int(self.hf_config.vocab_size),
-                             {"mask": None, "pad": getattr(self.hf_config, "pad_token_id", None)}).save(tok_dir)
+            tok = folder_tokenizer(self.source, int(self.hf_config.vocab_size),
+                                   {"mask": None, "pad": getattr(self.hf_config, "pad_token_id", None)})
+            # a sentence-embedding tokenizer.json cuts every text to 128 tokens and pads it to 128: the corpus
+            # would shrink to each document's first 128 tokens (and a short text would score with [PAD]s)
+            tok.tok.no_truncation()
+            tok.tok.no_padding()
+            tok.save(tok_dir)
         cfg.data.tokenizer = str(tok_dir)
         super().__init__(cfg, resume=resume)
         if not resume:
@@ -77,6 +86,7 @@ class BertStartTrainer(Trainer):
         hf = net.config.to_dict()
         for key in ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype"):
             hf.pop(key, None)
+        hf = json.loads(json.dumps(hf))  # as config.json stores it (id2label's int keys become strings): --resume
         model_cfg = AdaptedMaskedLMConfig(seq_len=self.cfg.data.seq_len, vocab_size=self.tok.vocab_size,
                                           model_type=net.config.model_type, hf_config=hf)
         return model_cfg, MaskedLMDenoiser(net.train(), model_cfg)

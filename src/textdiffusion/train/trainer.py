@@ -39,6 +39,7 @@ from .setup import (  # noqa: F401
     prepare_tokenizer,
     validation_chunks,
 )
+from .spindle_fit import fit_spindle
 
 
 def _logged_step(line: str) -> float:
@@ -91,6 +92,7 @@ class Trainer:
         self._trim_metrics()
         self.ddp = fsdp.data_parallel(self.model, t.parallel, self.info)  # DDP, or the FSDP-sharded model
         self.forward_model = torch.compile(self.ddp) if t.compile else self.ddp
+        fit_spindle(self)  # masked-spindle: its schedule from the training corpus's token counts (no-op otherwise)
 
     # ---- set-up helpers -------------------------------------------------------------------
     def build_model(self) -> tuple:
