@@ -89,21 +89,26 @@ def plot(points: dict[str, dict[int, float]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     ar = points.get("ar", {})
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for fam, p in points.items():
-        ts = sorted(p)
-        left.plot([t / 1e6 for t in ts], [p[t] for t in ts], marker="o", label=fam)
+    for i, (fam, p) in enumerate(points.items()):
+        ts, color = sorted(p), f"C{i}"  # one colour per family in both panels
+        left.plot([t / 1e6 for t in ts], [p[t] for t in ts], marker="o", label=fam, color=color)
         if fam != "ar":
             both = [t for t in ts if t in ar]
-            right.plot([t / 1e6 for t in both], [math.exp(p[t] - ar[t]) for t in both], marker="o", label=fam)
+            right.plot([t / 1e6 for t in both], [math.exp(p[t] - ar[t]) for t in both], marker="o", label=fam,
+                       color=color)
     left.set(xscale="log", xlabel="training tokens (millions)", ylabel="validation NLL / NELBO (nats per byte)",
              title="likelihood (bound) against budget")
     right.set(xscale="log", xlabel="training tokens (millions)", ylabel="perplexity (bound) / AR perplexity",
               title="gap to AR against budget")
     right.axhline(1.0, color="grey", lw=0.8)
     for ax in (left, right):
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks([2.5, 5, 10, 20, 30])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -122,12 +127,33 @@ def judge_table(jobs: list[dict], judges: list[str], reference: list[str]) -> st
     return markdown_table(["texts", "n", *[f"judge: {Path(s).name} ppl" for s in judges]], rows)
 
 
+def frontier_table(rows: list[dict], judges: list[str], reference: list[str]) -> str:
+    """Judge perplexity and mean unigram entropy (in the first judge's tokens) of each sampler setting's texts."""
+    from textdiffusion.eval.diversity import unigram_entropy
+    from textdiffusion.eval.judge import load_judge
+
+    loaded = [load_judge(spec) for spec in judges]
+
+    def cells(texts: list[str]) -> list[str]:
+        scores = [j.score(texts) for j in loaded]
+        entropy = statistics.fmean(unigram_entropy(ids) for ids in scores[0].token_ids)
+        return [*[f"{sc.perplexity:,.2f}" for sc in scores], f"{entropy:.3f}"]
+
+    table = [["held-out text", "", "", *cells(reference)]]
+    for r in rows:
+        if "texts" in r:
+            table.append([r["family"], r["setting"], f"{r['trained_steps'] * 32 * 128 / 1e6:.1f}M", *cells(r["texts"])])
+    return markdown_table(["family", "sampler setting", "trained tokens", *[f"{Path(j).name} ppl" for j in judges],
+                           "entropy"], table)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", type=Path)
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--judge", default=None, help="a run folder or load_judge spec that generated none of the texts")
     ap.add_argument("--also-judge", action="append", default=[])
+    ap.add_argument("--frontier", type=Path, default=None, help="benchmarks/gpu/frontier.py output: judge its texts")
     args = ap.parse_args()
     data = json.loads(args.results.read_text())
     jobs = data["jobs"]
@@ -146,6 +172,9 @@ def main() -> None:
         from textdiffusion.data.corpus import BUNDLED  # noqa: F401 -- the held-out text comes from the same split
         reference = held_out_text(n=32)
         print("## samples judged\n\n" + judge_table(jobs, [args.judge, *args.also_judge], reference))
+        if args.frontier:
+            rows = json.loads(args.frontier.read_text())
+            print("\n## sampler settings judged\n\n" + frontier_table(rows, [args.judge, *args.also_judge], reference))
 
 
 def held_out_text(n: int) -> list[str]:
