@@ -4,7 +4,8 @@ usage: stream_worker.py OUT_DIR [OVERRIDES...]
 
 Trains the tiny preset with data.streaming=true into OUT_DIR/straight, saving at every save_every steps and
 copying the checkpoint of step 2 to OUT_DIR/resumed; then, in the same process group, resumes OUT_DIR/resumed
-from it to the end. Rank r writes rankR.json: the documents it tokenised (their count) in the straight run.
+from it to the end. Rank r writes rankR.json: the world size and the stream's state (every rank's position) at
+the end of the resumed run.
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ BAD = [
     (['data.text_field=" "'], "data.text_field", "a field name"),
     (['data.hf_split=""'], "data.hf_split", "a split name"),
     (["data.streaming=2"], "data.streaming", "must be a bool"),
+    (["data.num_workers=-1"], "data.num_workers", "an integer >= 0"),
+    (["data.num_workers=2"], "data.num_workers", "packed in memory: stream it with data.streaming=true"),
     (["model.d_model=0"], "model.d_model", "an integer >= 2"),
     (["model.n_layers=0"], "model.n_layers", "an integer >= 1"),
     (["model.n_heads=0"], "model.n_heads", "an integer >= 1"),

@@ -1,4 +1,4 @@
-"""Streamed data sharded by rank (data/corpus.iter_train_shard, data/packing.ShardedStreamBatches): each rank
+"""Streamed data sharded by rank (data/shares.iter_train_shard, data/packing.ShardedStreamBatches): each rank
 reads and tokenises only its own documents, the ranks together cover the training split exactly once, and a
 resumed stream continues from its recorded position (a seek) with the next rows a straight run draws, even in
 the middle of a document and across the end of an epoch."""
@@ -17,8 +17,9 @@ from safetensors.torch import load_file
 from test_ddp import DIST_VARS, REPO, free_port, losses, max_diff
 from tiny_runs import tiny_config, write_corpus
 
-from textdiffusion.data.corpus import iter_documents, iter_train_shard, plan_split
+from textdiffusion.data.corpus import iter_documents, plan_split
 from textdiffusion.data.packing import ShardedStreamBatches
+from textdiffusion.data.shares import iter_train_shard
 from textdiffusion.data.tokenizers import build_tokenizer
 from textdiffusion.errors import UserError
 from textdiffusion.train import checkpoint as ckpt
@@ -134,19 +135,29 @@ def test_the_trainer_resumes_a_stream_exactly(tmp_path, corpus):
 
 @pytest.mark.slow
 def test_two_processes_stream_their_own_shares_and_resume_exactly(tmp_path, corpus):
+    """torchrun, 2 processes: each reads its own 2 of the 4 files of a local hf: dataset and tokenises them in
+    2 DataLoader workers (forked from a process in a gloo group)."""
+    pytest.importorskip("datasets")
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env["OMP_NUM_THREADS"] = "1"
-    overrides = ["run.progress=false", f"data.source={corpus}", "data.val_fraction=0.1", "data.seq_len=32",
+    four = tmp_path / "four"
+    four.mkdir()
+    docs = corpus.read_text().splitlines(keepends=True)
+    for f in range(4):
+        (four / f"part{f}.jsonl").write_text("".join(docs[f::4]))
+    overrides = ["run.progress=false", f"data.source=hf:{four}", "data.num_workers=2", "data.val_fraction=0.1",
+                 "data.seq_len=32",
                  "train.steps=4", "train.batch_size=8", "train.warmup_steps=2", "train.precision=fp32",
                  "train.device=cpu", "run.log_every=1", "run.eval_every=2", "run.save_every=2", "run.sample_steps=2"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(WORKER), str(tmp_path), *overrides]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert proc.stdout.count("data: each of the 2 processes reads its own 2 of the 4 files") == 2  # once per run
     info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [i["world_size"] for i in info] == [2, 2]
     shards = info[0]["state"]["shards"]
-    assert len(shards) == 2 and shards[0]["position"] != shards[1]["position"], "the ranks read the same documents"
+    assert [s["position"]["shard"] % 2 for s in shards] == [0, 1], "a rank read another's files"
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     weights = max_diff(load_file(straight / "checkpoint" / ckpt.WEIGHTS_FILE),
                        load_file(resumed / "checkpoint" / ckpt.WEIGHTS_FILE))

@@ -8,10 +8,12 @@ A source is one of:
   path/to/folder          every such file below it, in sorted order
   hf:NAME[:CONFIG]        a Hugging Face dataset, streamed (NAME may be a local dataset folder)
 
-The split is decided per document by a seeded hash of its key (file path and row), so it never
-overlaps, needs no pass over the data, and works the same for streams of unknown length. A local
+The split is decided per document by a seeded hash of its key (file path and row; for a Hugging Face
+stream, the index of its data file and its row there, so that a process reading only some files knows it),
+so it never overlaps, needs no pass over the data, and works the same for streams of unknown length. A local
 source with too few documents for that (the hash puts all of them on one side, e.g. a lone .txt
 file) is split by position instead: the last `val_fraction` of each document is validation.
+One process's share of a streamed source, resumable from a position, is data/shares.py.
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ def _iter_file(path: Path, key: str, text_field: str) -> Iterator[tuple[str, str
         with path.open(encoding="utf-8") as fh:
             for row, line in enumerate(fh):
                 if line.strip():
-                    yield f"{key}:{row}", _field(json.loads(line), text_field, path)
+                    yield f"{key}:{row}", field_of(json.loads(line), text_field, path)
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -156,112 +158,31 @@ def _iter_file(path: Path, key: str, text_field: str) -> Iterator[tuple[str, str
         raise UserError(f"unsupported file type {path.suffix}: use .txt, .md, .jsonl or .parquet")
 
 
-def _field(record: dict, text_field: str, path: Path) -> str:
+def field_of(record: dict, text_field: str, path: Path | str) -> str:
     if text_field not in record:
         raise UserError(f"{path}: record has no field {text_field!r} (set data.text_field)")
     return record[text_field] or ""
 
 
+def open_hf(name: str, hf_split: str):
+    """The streamed Hugging Face dataset `name` (NAME[:CONFIG]), as a datasets.IterableDataset."""
+    import datasets
+
+    path, _, config = name.partition(":")
+    try:
+        return datasets.load_dataset(path, config or None, split=hf_split, streaming=True)
+    except Exception as exc:  # the datasets library raises many kinds; all mean "cannot load"
+        raise UserError(f"cannot load Hugging Face dataset {name!r}: {exc}") from exc
+
+
+def hf_key(name: str, hf_split: str, shard: int, row: int) -> str:
+    """A streamed document's key: its data file (shard) and row in it, so that a process reading only some of
+    the files still knows which of its documents are validation."""
+    return f"{name}:{hf_split}:{shard}:{row}"
+
+
 def _iter_hf(name: str, text_field: str, hf_split: str) -> Iterator[tuple[str, str]]:
-    import datasets
-
-    path, _, config = name.partition(":")
-    try:
-        stream = datasets.load_dataset(path, config or None, split=hf_split, streaming=True)
-    except Exception as exc:  # the datasets library raises many kinds; all mean "cannot load"
-        raise UserError(f"cannot load Hugging Face dataset {name!r}: {exc}") from exc
-    for row, record in enumerate(stream):
-        yield f"{path}:{config}:{hf_split}:{row}", _field(record, text_field, Path(path))
-
-
-# ---- one rank's share of a streamed source, with a position to resume from -----------------------------
-# Documents go round-robin to ranks by their ordinal in the source (rank r of w takes ordinals r, r + w, ...),
-# decided before a document is parsed, so a rank parses and tokenises only its own share. The position after
-# each document says where to reopen the source: a file's index and byte offset for .jsonl (a seek), the file
-# index for .txt/.md, the row inside a .parquet file (its earlier rows are read again, not tokenised), the
-# dataset's own state for a Hugging Face stream (IterableDataset.state_dict). The validation split is the one
-# iter_documents makes (by document key), whatever the number of ranks.
-
-def iter_train_shard(source: str, plan: Split, text_field: str = "text", hf_split: str = "train", rank: int = 0,
-                     world: int = 1, position: dict | None = None) -> Iterator[tuple[str, dict]]:
-    """Yield (training text, position after it) for rank `rank` of `world`, from `position` on (None: the start)."""
-    if source.startswith("hf:"):
-        yield from _hf_shard(source[3:], plan, text_field, hf_split, rank, world, position)
-        return
-    root = BUNDLED.get(source, Path(source))
-    if not root.exists():
-        raise UserError(f"data source {source!r} not found: give a file, a folder, 'shakespeare' or hf:DATASET_NAME")
-    files = sorted(p for p in root.rglob("*") if p.suffix in SUFFIXES) if root.is_dir() else [root]
-    pos = {"file": 0, "offset": 0, "row": 0, "ordinal": 0, **(position or {})}
-    for index in range(pos["file"], len(files)):
-        path = files[index]
-        rel = path.relative_to(root).as_posix() if root.is_dir() else path.name
-        start = pos if index == pos["file"] else {"offset": 0, "row": 0}
-        ordinal = pos["ordinal"]
-        for key, read, offset, row in _positioned(path, rel, text_field, start["offset"], start["row"]):
-            mine = ordinal % world == rank
-            ordinal += 1
-            pos = {"file": index, "offset": offset, "row": row, "ordinal": ordinal}
-            text = _train_part(key, read(), plan) if mine else ""
-            if text:
-                yield text, pos
-        pos = {"file": index + 1, "offset": 0, "row": 0, "ordinal": ordinal}
-
-
-def _train_part(key: str, text: str, plan: Split) -> str:
-    """What of one document is training text (iter_documents' rule)."""
-    if not text:
-        return ""
-    if plan.by_position:
-        return text[: len(text) - validation_chars(text, plan.val_fraction)]
-    return "" if is_validation(key, plan.seed, plan.val_fraction) else text
-
-
-def _positioned(path: Path, key: str, text_field: str, offset: int, row: int):
-    """(key, read the text, byte offset after, row after) for each document of one file from (offset, row);
-    `read` parses lazily, so another rank's documents are never parsed."""
-    if path.suffix in TEXT_SUFFIXES:  # one document: offset 1 after it marks the file as read
-        if offset == 0:
-            yield key, lambda: path.read_text(encoding="utf-8", errors="replace"), 1, 1
-    elif path.suffix == ".jsonl":
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            for line in iter(fh.readline, b""):
-                row += 1
-                if line.strip():
-                    yield (f"{key}:{row - 1}", lambda line=line: _field(json.loads(line), text_field, path),
-                           fh.tell(), row)
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        seen = 0
-        for batch in pq.ParquetFile(path).iter_batches(columns=[text_field], batch_size=1024):
-            for text in batch.column(0).to_pylist():
-                seen += 1
-                if seen > row:
-                    yield f"{key}:{seen - 1}", lambda text=text: text or "", 0, seen
-    else:
-        raise UserError(f"unsupported file type {path.suffix}: use .txt, .md, .jsonl or .parquet")
-
-
-def _hf_shard(name: str, plan: Split, text_field: str, hf_split: str, rank: int, world: int,
-              position: dict | None) -> Iterator[tuple[str, dict]]:
-    import datasets
-
-    path, _, config = name.partition(":")
-    try:
-        stream = datasets.load_dataset(path, config or None, split=hf_split, streaming=True)
-    except Exception as exc:  # the datasets library raises many kinds; all mean "cannot load"
-        raise UserError(f"cannot load Hugging Face dataset {name!r}: {exc}") from exc
-    ordinal = 0
-    if position is not None:
-        stream.load_state_dict(position["hf_state"])
-        ordinal = position["ordinal"]
-    for record in stream:
-        mine = ordinal % world == rank
-        ordinal += 1
-        if mine:
-            text = _train_part(f"{path}:{config}:{hf_split}:{ordinal - 1}", _field(record, text_field, Path(path)),
-                               plan)
-            if text:
-                yield text, {"hf_state": stream.state_dict(), "ordinal": ordinal}
+    stream = open_hf(name, hf_split)
+    for shard in range(stream.n_shards):  # one file after another: the stream's own order
+        for row, record in enumerate(stream.shard(num_shards=stream.n_shards, index=shard)):
+            yield hf_key(name, hf_split, shard, row), field_of(record, text_field, name)

@@ -130,37 +130,44 @@ class StreamBatches:
         self.consumed, self._it = state["consumed"], None
 
 
+def _encode_positioned(docs: Iterator[tuple[str, object]], tok: Tokenizer) -> Iterator[tuple[list[int], object]]:
+    """(token ids, position) for each (text, position) of `docs`, encoded ENCODE_BATCH documents at a time."""
+    while True:
+        batch = [doc for _, doc in zip(range(ENCODE_BATCH), docs)]
+        if not batch:
+            return
+        yield from zip(tok.encode_batch([text for text, _ in batch]), [position for _, position in batch])
+
+
 def iter_chunks_resumable(open_docs, tok: Tokenizer, seq_len: int, mode: str = "wrap",
-                          state: dict | None = None) -> Iterator[tuple[list[int], tuple]]:
+                          state: dict | None = None, open_ids=None) -> Iterator[tuple[list[int], tuple]]:
     """iter_chunks over `open_docs(position)` (an iterator of (text, position after it)), yielding each chunk
     with a mark from which chunk_state() makes the state to resume right after it: the position of the last
     document read into the buffer and the buffer's tokens not yet emitted. Resuming re-reads nothing before
-    that position (documents encoded ahead in a batch are simply read again)."""
+    that position (documents encoded ahead in a batch are simply read again). `open_ids(position)`, where given,
+    yields (token ids, position) already encoded (by worker processes: data/workers.py) in place of open_docs."""
     if mode not in ("wrap", "pad"):
         raise UserError(f"unknown packing mode {mode!r}: use wrap or pad")
     buf = list(state["pending"]) if state else []
-    docs = open_docs(state["position"] if state else None)
+    position = state["position"] if state else None
+    encoded = open_ids(position) if open_ids is not None else _encode_positioned(open_docs(position), tok)
     start = 0  # a resumed buffer may still hold whole chunks of its last document
     while mode == "wrap" and len(buf) - start >= seq_len:
         start += seq_len
         yield buf[start - seq_len : start], (state["position"], buf, start)
     del buf[:start]
-    while True:
-        batch = [doc for _, doc in zip(range(ENCODE_BATCH), docs)]
-        if not batch:
-            return
-        for ids, (_, position) in zip(tok.encode_batch([text for text, _ in batch]), batch):
-            row = [tok.bos_id, *ids, tok.eos_id]
-            if mode == "pad":
-                row = row[:seq_len]
-                yield row + [tok.pad_id] * (seq_len - len(row)), (position, buf, 0)
-                continue
-            buf.extend(row)
-            start = 0
-            while len(buf) - start >= seq_len:
-                start += seq_len
-                yield buf[start - seq_len : start], (position, buf, start)
-            del buf[:start]
+    for ids, position in encoded:
+        row = [tok.bos_id, *ids, tok.eos_id]
+        if mode == "pad":
+            row = row[:seq_len]
+            yield row + [tok.pad_id] * (seq_len - len(row)), (position, buf, 0)
+            continue
+        buf.extend(row)
+        start = 0
+        while len(buf) - start >= seq_len:
+            start += seq_len
+            yield buf[start - seq_len : start], (position, buf, start)
+        del buf[:start]
 
 
 def chunk_state(mark: tuple) -> dict:
@@ -180,8 +187,9 @@ class ShardedStreamBatches:
     """
 
     def __init__(self, open_docs, tok: Tokenizer, seq_len: int, mode: str, global_batch: int, rank: int = 0,
-                 world: int = 1, gather_rows=None, gather_states=None):
+                 world: int = 1, gather_rows=None, gather_states=None, open_ids=None):
         self.open_docs, self.tok, self.seq_len, self.mode = open_docs, tok, seq_len, mode
+        self.open_ids = open_ids  # documents tokenised elsewhere (iter_chunks_resumable)
         self.global_batch, self.rank, self.world = global_batch, rank, world
         self.local = global_batch // world
         self.gather_rows = gather_rows or (lambda rows: rows)
@@ -194,7 +202,8 @@ class ShardedStreamBatches:
     def _next_row(self) -> list[int]:
         for _ in range(2):
             if self._it is None:
-                self._it = iter_chunks_resumable(self.open_docs, self.tok, self.seq_len, self.mode, self._resume)
+                self._it = iter_chunks_resumable(self.open_docs, self.tok, self.seq_len, self.mode, self._resume,
+                                                  self.open_ids)
             try:
                 row, self._mark = next(self._it)
                 return row

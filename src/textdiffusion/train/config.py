@@ -30,6 +30,7 @@ class DataConfig:
     text_field: str = "text"
     hf_split: str = "train"
     streaming: bool = False  # read the source as a stream instead of packing it in memory (hf: always)
+    num_workers: int = 0  # processes that tokenise a streamed source (data/workers.py); 0: the trainer's own
 
 
 @dataclass
@@ -126,7 +127,20 @@ class Config:
             raise UserError(f"train.micro_batch_size must be 0 (no accumulation) or divide train.batch_size "
                             f"({t.batch_size}), got {t.micro_batch_size}")
         self._validate_process()
+        self._validate_workers()
         return self
+
+    def _validate_workers(self) -> None:
+        d = self.data
+        if not d.num_workers:
+            return
+        held = ("conversations for SFT (data.packing=chat):" if d.packing == "chat" else
+                "already tokenised (prepared:):" if d.source.startswith("prepared:") else
+                "packed in memory: stream it with data.streaming=true, or" if not (d.streaming or
+                                                                                d.source.startswith("hf:")) else None)
+        if held:
+            raise UserError(f"data.num_workers={d.num_workers} tokenises a streamed source in worker processes, but "
+                            f"this run's data is {held} set data.num_workers=0")
 
     def _validate_process(self) -> None:
         from ..processes import PROCESSES
@@ -242,6 +256,8 @@ def _rules() -> list[tuple[str, str, Callable[[object], bool], str]]:
         ("data", "text_field", _text, "a field name"),
         ("data", "hf_split", _text, "a split name, e.g. train"),
         ("data", "streaming", lambda v: isinstance(v, bool), "true or false"),
+        ("data", "num_workers", lambda v: _integer(v) and v >= 0,
+         "an integer >= 0 (0: tokenise in the training process)"),
         ("model", "d_model", lambda v: _integer(v) and v >= 2, "an integer >= 2"),
         ("model", "n_layers", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
         ("model", "n_heads", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
