@@ -31,3 +31,19 @@ def test_the_runs_tokenizer_neither_truncates_nor_pads(tmp_path):
     assert len(tok.encode(text)) > 8 and len(tok.encode("the")) < 8  # not cut, not padded
     n_tokens = trainer.batches.chunks.numel()
     assert n_tokens > 60 * 8 * 2  # 60 documents of 400 characters, not 60 x 8 tokens
+
+
+def test_a_loaded_masked_lm_folder_scores_whole_texts(tmp_path):
+    """The interop loader (score or sample a masked-LM folder directly) drops the same two settings."""
+    from textdiffusion.interop.tokenizer import folder_tokenizer
+
+    folder, _ = write_masked_lm(tmp_path / "bert", "bert")
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    spec["truncation"] = {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}
+    spec["padding"] = {"strategy": {"Fixed": 8}, "direction": "Right", "pad_to_multiple_of": None, "pad_id": 0,
+                       "pad_type_id": 0, "pad_token": "[PAD]"}
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    config = json.loads((folder / "config.json").read_text())
+    tok = folder_tokenizer(folder, config["vocab_size"])
+    text = "the king is dead and the queen will follow him into the ground before the night is over"
+    assert len(tok.encode(text)) > 8 and len(tok.encode("the")) < 8

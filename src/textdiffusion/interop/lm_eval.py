@@ -120,7 +120,8 @@ class TextDiffusionLM(LM):
                 if process.name == "block":
                     logits = process.denoiser_logits(pipe.model, xt, ids)[mask]
                 else:
-                    logits = pipe.model(xt, torch.ones(1, device=device))[mask]
+                    # denoiser(): an AR-adapted masked model reads its input shifted (process.logit_shift)
+                    logits = process.denoiser(pipe.model)(xt, torch.ones(1, device=device))[mask]
                 logits[:, self.tok.mask_id] = float("-inf")
             else:
                 return False

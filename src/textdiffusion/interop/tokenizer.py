@@ -50,6 +50,10 @@ def folder_tokenizer(folder: Path, model_vocab: int, ids: dict[str, int | None] 
     except Exception as exc:  # the Rust library raises a bare Exception for every parse error
         raise UserError(f"{path} is corrupt or not a tokenizers file ({' '.join(str(exc).split())}): "
                         "restore it") from exc
+    # sentence-embedding checkpoints save truncation and padding to 128 in tokenizer.json: scoring would cut every
+    # text to 128 tokens and pad short ones with [PAD]
+    tok.no_truncation()
+    tok.no_padding()
     names = _named_specials(folder)
     for role, token_id in (ids or {}).items():
         if token_id is None:
