@@ -48,6 +48,9 @@ ABLATION = {  # variant -> (family, overrides)
     "mdlm (small recipe)": ("mdlm", ()),
     "hybrid CE, lambda 0.01": ("mdlm", ("process.ce_lambda=0.01",)),
     "hybrid CE, lambda 0.1": ("mdlm", ("process.ce_lambda=0.1",)),
+    # D3PM's loss is T (L_{t-1} + lambda CE) with T = 1,000, lambda = 0.01: the CE term's weight next to the NELBO
+    # is T lambda = 10, not 0.01 (processes/d3pm.py); this row gives MDLM that weight
+    "hybrid CE, lambda 10 (D3PM's T x lambda)": ("mdlm", ("process.ce_lambda=10",)),
     "flat weighting": ("mdlm", ("process.loss_weighting=flat",)),
     "MD4 cosine schedule": ("mdlm", ("process.schedule=md4-cosine",)),
     "cosine schedule": ("mdlm", ("process.schedule=cosine",)),

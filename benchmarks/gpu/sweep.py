@@ -92,6 +92,9 @@ def main() -> None:
                     help="stop jobs still running after this many seconds (0: never); their scored steps are kept")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--limit", type=int, default=0, help="run only the first N jobs (a smoke test)")
+    ap.add_argument("--only", action="append", default=[], metavar="NAME",
+                    help="run only the jobs whose name contains NAME (repeatable)")
+    ap.add_argument("--threads", type=int, default=1, help="OMP threads per job (default 1: many jobs share a GPU)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an override for every job, after the plan's (a smoke test: --set train.steps=4)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -102,10 +105,11 @@ def main() -> None:
     if unknown or not args.plans:
         ap.error(f"name one or more plans of: {', '.join(PLANS)}")
     jobs = [j for name in args.plans for j in PLANS[name]]
+    jobs = [j for j in jobs if not args.only or any(o in j.name for o in args.only)]
     jobs = jobs[:args.limit] if args.limit else jobs
     args.out.mkdir(parents=True, exist_ok=True)
     start, running, states = time.monotonic(), {}, {j.name: "not started (deadline)" for j in jobs}
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
     queue = list(jobs)
     while queue or running:
         while queue and len(running) < args.parallel and time.monotonic() - start < args.deadline_s:
