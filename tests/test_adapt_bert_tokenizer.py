@@ -14,13 +14,19 @@ from textdiffusion.train.adapt_bert import BertStartTrainer
 from textdiffusion.train.config import load_config
 
 
-def test_the_runs_tokenizer_neither_truncates_nor_pads(tmp_path):
+def truncating_masked_lm(tmp_path):
+    """A tiny masked-LM folder whose tokenizer.json truncates and pads to 8 tokens, as sentence-embedding ones do."""
     folder, _ = write_masked_lm(tmp_path / "bert", "bert")
     spec = json.loads((folder / "tokenizer.json").read_text())
     spec["truncation"] = {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}
     spec["padding"] = {"strategy": {"Fixed": 8}, "direction": "Right", "pad_to_multiple_of": None, "pad_id": 0,
                        "pad_type_id": 0, "pad_token": "[PAD]"}
     (folder / "tokenizer.json").write_text(json.dumps(spec))
+    return folder
+
+
+def test_the_runs_tokenizer_neither_truncates_nor_pads(tmp_path):
+    folder = truncating_masked_lm(tmp_path)
     corpus = write_corpus(tmp_path / "c.jsonl", n_docs=60)
     out = tmp_path / "run"
     cfg = load_config("tiny", ["process.name=masked", f"run.out_dir={out}", *tiny_overrides(corpus, steps=1, every=1),
@@ -37,12 +43,7 @@ def test_a_loaded_masked_lm_folder_scores_whole_texts(tmp_path):
     """The interop loader (score or sample a masked-LM folder directly) drops the same two settings."""
     from textdiffusion.interop.tokenizer import folder_tokenizer
 
-    folder, _ = write_masked_lm(tmp_path / "bert", "bert")
-    spec = json.loads((folder / "tokenizer.json").read_text())
-    spec["truncation"] = {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}
-    spec["padding"] = {"strategy": {"Fixed": 8}, "direction": "Right", "pad_to_multiple_of": None, "pad_id": 0,
-                       "pad_type_id": 0, "pad_token": "[PAD]"}
-    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    folder = truncating_masked_lm(tmp_path)
     config = json.loads((folder / "config.json").read_text())
     tok = folder_tokenizer(folder, config["vocab_size"])
     text = "the king is dead and the queen will follow him into the ground before the night is over"
