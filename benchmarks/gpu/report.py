@@ -115,10 +115,7 @@ def plot(points: dict[str, dict[int, float]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def judge_table(jobs: list[dict], judges: list[str], reference: list[str]) -> str:
-    from textdiffusion.eval.judge import load_judge
-
-    loaded = [load_judge(spec) for spec in judges]
+def judge_table(jobs: list[dict], judges: list[str], loaded: list, reference: list[str]) -> str:
     rows = [["held-out text", len(reference), *[f"{j.score(reference).perplexity:,.2f}" for j in loaded]]]
     for job in jobs:
         if job.get("samples"):
@@ -127,12 +124,9 @@ def judge_table(jobs: list[dict], judges: list[str], reference: list[str]) -> st
     return markdown_table(["texts", "n", *[f"judge: {Path(s).name} ppl" for s in judges]], rows)
 
 
-def frontier_table(rows: list[dict], judges: list[str], reference: list[str]) -> str:
+def frontier_table(rows: list[dict], judges: list[str], loaded: list, reference: list[str]) -> str:
     """Judge perplexity and mean unigram entropy (in the first judge's tokens) of each sampler setting's texts."""
     from textdiffusion.eval.diversity import unigram_entropy
-    from textdiffusion.eval.judge import load_judge
-
-    loaded = [load_judge(spec) for spec in judges]
 
     def cells(texts: list[str]) -> list[str]:
         scores = [j.score(texts) for j in loaded]
@@ -169,12 +163,15 @@ def main() -> None:
         plot(points, args.plot)
         print(f"wrote {args.plot}")
     if args.judge:
-        from textdiffusion.data.corpus import BUNDLED  # noqa: F401 -- the held-out text comes from the same split
+        from textdiffusion.eval.judge import load_judge
+
+        judges = [args.judge, *args.also_judge]
+        loaded = [load_judge(spec) for spec in judges]  # once: SmolLM2 takes seconds to load
         reference = held_out_text(n=32)
-        print("## samples judged\n\n" + judge_table(jobs, [args.judge, *args.also_judge], reference))
+        print("## samples judged\n\n" + judge_table(jobs, judges, loaded, reference))
         if args.frontier:
             rows = json.loads(args.frontier.read_text())
-            print("\n## sampler settings judged\n\n" + frontier_table(rows, [args.judge, *args.also_judge], reference))
+            print("\n## sampler settings judged\n\n" + frontier_table(rows, judges, loaded, reference))
 
 
 def held_out_text(n: int) -> list[str]:

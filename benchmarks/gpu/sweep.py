@@ -52,7 +52,8 @@ def run_job(job: Job, root: Path, device: str, extra: list[str] | None = None) -
         gen = pipe.generate(num_samples=NUM_SAMPLES, seed=0, progress=False, **job.sampler)
         out["samples"] = gen.texts
         del pipe
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return out
 
 
