@@ -302,9 +302,9 @@ def test_cli_overrides_reach_the_process():
     proc = build_process(cfg.process.name, vocab_size=VOCAB, mask_id=MASK, **cfg.process.options())
     assert (proc.loss_weighting, proc.ce_lambda, proc.schedule_name) == ("flat", 0.01, "md4-cosine")
     assert load_config("tiny", ["process.ce_lambda=1e-3"]).process.extra == {"ce_lambda": "1e-3"}
-    # block diffusion has its own estimate and does not take the options: refused up front, by name
-    with pytest.raises(UserError, match="process 'block' has no option loss_weighting"):
-        load_config("tiny", ["process.name=block", "process.loss_weighting=flat"])
+    # masked-spindle has its own estimate and does not take the options: refused up front, by name
+    with pytest.raises(UserError, match="process 'masked-spindle' has no option loss_weighting"):
+        load_config("tiny", ["process.name=masked-spindle", "process.loss_weighting=flat"])
 
 
 def test_block_process_is_unchanged():

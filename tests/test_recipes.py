@@ -23,6 +23,7 @@ def test_recipe_matches_mdlm(name: str, source: str, seq_len: int) -> None:
     assert {k: getattr(cfg.model, k) for k in MDLM_SMALL} == MDLM_SMALL
     assert {k: getattr(cfg.train, k) for k in MDLM_OPTIM} == MDLM_OPTIM
     assert cfg.process.name == "masked" and cfg.train.precision == "bf16"
+    assert cfg.process.recipe == 1  # MDLM's objective: the NELBO alone
     # the global batch splits evenly over 1, 2, 4 and 8 processes per node at this micro batch
     for world in (1, 2, 4, 8):
         assert cfg.train.batch_size % (cfg.train.micro_batch_size * world) == 0

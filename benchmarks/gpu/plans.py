@@ -7,7 +7,10 @@ warm-up steps, EMA 0.995, 1,200 steps = 4.9M tokens) with a family and a few ove
   tokens) at a constant learning rate after warm-up, scored every 600 steps, so one run gives the budgets 2.5M,
   4.9M, 9.8M, 19.7M and 39M tokens.
 - ablation: MDLM's recipe one change at a time at the `small` budget, 3 seeds each, plus D3PM-absorbing with and
-  without its hybrid cross-entropy term (the comparison the issue asks to explain).
+  without its hybrid cross-entropy term (the comparison the issue asks to explain), the hybrid term's weight,
+  BD3-LM and SEDD-absorb with and without it, and recipe 2 itself; ablation-bpe: the main rows at 4k BPE.
+Both plans were measured before recipe 2 became the default (train/recipes.py): every job pins process.recipe=1,
+except the rows that name a recipe.
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ class Job:
     overrides: tuple[str, ...] = ()
     samples: bool = False  # write samples for judging
     sampler: dict = field(default_factory=dict)
+    tokenization: str = "byte"  # a tokenization of the `small` suite: byte or bpe4096
 
 
 def job_config(job: Job, out_dir: Path, device: str, extra: list[str] | None = None) -> Config:
     suite = get_suite("small")
-    byte = next(t for t in suite.tokenizations if t.name == "byte")
-    return run_config(suite, byte, suite.family(job.family), out_dir.parent,
+    tok = next(t for t in suite.tokenizations if t.name == job.tokenization)
+    return run_config(suite, tok, suite.family(job.family), out_dir.parent,
                       [*job.overrides, f"train.seed={job.seed}", f"run.out_dir={out_dir}", f"train.device={device}",
                        "run.progress=false", "run.sample_every=0", *(extra or [])])
 
@@ -63,10 +67,33 @@ ABLATION = {  # variant -> (family, overrides)
     "warm-up 500": ("mdlm", ("train.warmup_steps=500",)),
     "batch 64 (600 steps)": ("mdlm", ("train.batch_size=64", "train.steps=600")),
     "batch 16 (2,400 steps)": ("mdlm", ("train.batch_size=16", "train.steps=2400")),
+    "hybrid CE, lambda 1": ("mdlm", ("process.ce_lambda=1",)),
+    "hybrid CE, lambda 3": ("mdlm", ("process.ce_lambda=3",)),
+    "hybrid CE, lambda 30": ("mdlm", ("process.ce_lambda=30",)),
+    "cosine schedule + hybrid CE, lambda 10": ("mdlm", ("process.schedule=cosine", "process.ce_lambda=10")),
+    "bd3-4 (small recipe)": ("bd3-4", ()),
+    "bd3-4, hybrid CE, lambda 10": ("bd3-4", ("process.ce_lambda=10",)),
+    "bd3-4, flat weighting": ("bd3-4", ("process.loss_weighting=flat",)),
+    "recipe 2 (the default since 2026-11-27)": ("mdlm", ("process.recipe=2",)),
+    "bd3-4, recipe 2": ("bd3-4", ("process.recipe=2",)),
+    "sedd-absorb (small recipe)": ("sedd-absorb", ()),
+    "sedd-absorb, hybrid CE, lambda 10": ("sedd-absorb", ("process.ce_lambda=10",)),
     "d3pm-absorbing (lambda 0.01)": ("d3pm-absorbing", ()),
     "d3pm-absorbing, lambda 0": ("d3pm-absorbing", ("process.hybrid_lambda=0",)),
 }
 SEEDS = (0, 1, 2)
+# the same question at the suite's 4k BPE (600 steps, 2.5M tokens), where MDLM's gap to AR and D3PM was largest
+ABLATION_BPE = {
+    "bpe4096 mdlm (small recipe)": ("mdlm", ()),
+    "bpe4096 hybrid CE, lambda 10": ("mdlm", ("process.ce_lambda=10",)),
+    "bpe4096 flat weighting": ("mdlm", ("process.loss_weighting=flat",)),
+    "bpe4096 d3pm-absorbing (lambda 0.01)": ("d3pm-absorbing", ()),
+}
+
+
+def _pinned(overrides: tuple[str, ...]) -> tuple[str, ...]:
+    """A row's overrides on top of recipe 1, unless the row names a recipe itself."""
+    return overrides if any(o.startswith("process.recipe=") for o in overrides) else ("process.recipe=1", *overrides)
 
 
 def _slug(text: str) -> str:
@@ -79,11 +106,16 @@ PLANS: dict[str, list[Job]] = {
     "budget": [Job("budget-judge", "budget", "ar", "judge (AR, seed 1)", 1,
                    (f"train.steps={BUDGET_STEPS}", "train.min_lr_ratio=1.0", f"run.eval_every={BUDGET_EVERY}",
                     "run.eval_batches=16", "run.save_every=1200"))] + [Job(f"budget-{fam}", "budget", fam, fam, 0,
-                   (f"train.steps={BUDGET_STEPS}", "train.min_lr_ratio=1.0", f"run.eval_every={BUDGET_EVERY}",
-                    "run.eval_batches=16", "run.save_every=1200"), True, sampler)
+                   _pinned((f"train.steps={BUDGET_STEPS}", "train.min_lr_ratio=1.0", f"run.eval_every={BUDGET_EVERY}",
+                        "run.eval_batches=16", "run.save_every=1200")), True, sampler)
                for fam, sampler in BUDGET_FAMILIES.items()],
     # seed 0 of every variant first, so a deadline leaves whole rows with fewer seeds rather than missing rows
+    # every row changes one thing from the papers' recipe (process.recipe=1, train/recipes.py), except "recipe 2"
     "ablation": [Job(f"ablation-{_slug(variant)}-s{seed}", "ablation", fam, variant, seed,
-                     (*overrides, "run.eval_every=100000", "run.save_every=100000"))
+                     (*_pinned(overrides), "run.eval_every=100000", "run.save_every=100000"))
                  for seed in SEEDS for variant, (fam, overrides) in ABLATION.items()],
+    "ablation-bpe": [Job(f"ablation-{_slug(variant)}-s{seed}", "ablation-bpe", fam, variant, seed,
+                         (*_pinned(overrides), "run.eval_every=100000", "run.save_every=100000"),
+                         tokenization="bpe4096")
+                     for seed in SEEDS for variant, (fam, overrides) in ABLATION_BPE.items()],
 }

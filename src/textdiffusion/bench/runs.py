@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..train import checkpoint as ckpt
-from ..train.config import Config, _apply_overrides
+from ..train.config import Config, _apply_overrides, upgrade_saved_config
 from .suites import Family, Suite, Tokenization
 
 # keys that may differ between the stored and the requested config without retraining
@@ -61,7 +61,7 @@ def ensure_trained(cfg: Config, log=print) -> Path:
     resume = False
     if config_file.is_file():
         stored = json.loads(config_file.read_text())
-        diff = _differences(stored.get("train_config", {}), cfg.to_dict())
+        diff = _differences(upgrade_saved_config(stored.get("train_config", {})), cfg.to_dict())
         if diff:
             raise UserError(f"{cfg.run.out_dir} was trained with a different config ({'; '.join(diff)}): "
                             "delete it or pass another --out")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 
 import torch
@@ -92,6 +93,19 @@ class DiffusionProcess:
     def sampled_loss(self, model: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None,
                      loss_mask: torch.Tensor | None = None) -> LossOutput:
         return self.loss(model, x0, self.sample_noise(x0, generator), loss_mask)
+
+
+def nonnegative_weight(name: str, value, meaning: str) -> float:
+    """A finite option value >= 0 as a float, or a UserError naming it and what it means. YAML 1.1 reads an
+    override like ce_lambda=1e-3 (no dot) as a string, so numeric strings are accepted."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise UserError(f"{name} must be a finite number >= 0 ({meaning}), got {value!r}")
+    return float(value)
 
 
 PROCESSES: dict[str, type[DiffusionProcess]] = {}

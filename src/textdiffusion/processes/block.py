@@ -67,8 +67,10 @@ class BlockDiffusion(MaskedDiffusion):
 
     def __init__(self, vocab_size: int, mask_id: int, block_size: int = 4, schedule: str = "loglinear",
                  t_min: float = 1e-3, antithetic: bool = True, mask_rate_min: float = 0.0,
-                 mask_rate_max: float = 1.0, logit_shift: bool = False):
-        super().__init__(vocab_size, mask_id, schedule, t_min, antithetic)
+                 mask_rate_max: float = 1.0, logit_shift: bool = False, loss_weighting: str = "elbo",
+                 ce_lambda: float = 0.0):
+        super().__init__(vocab_size, mask_id, schedule, t_min, antithetic, loss_weighting=loss_weighting,
+                         ce_lambda=ce_lambda)
         self.logit_shift = bool(logit_shift)  # AR-adapted: the shifted frame of processes/block_shift.py
         if not isinstance(block_size, int) or block_size < 1:
             raise UserError(f"block_size must be a positive integer, got {block_size!r}")
@@ -148,6 +150,11 @@ class BlockDiffusion(MaskedDiffusion):
     def nelbo_per_sequence(self, model: nn.Module, x0: torch.Tensor, noise: dict[str, torch.Tensor],
                            loss_mask: torch.Tensor | None = None) -> torch.Tensor:
         """One-sample unbiased estimate of each sequence's NELBO (the module notes), [B], in nats."""
+        return self.bound_and_flat(model, x0, noise, loss_mask)[0]
+
+    def bound_and_flat(self, model: nn.Module, x0: torch.Tensor, noise: dict[str, torch.Tensor],
+                       loss_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the NELBO estimate, the masked tokens' summed -log p_theta, unweighted), each [B], one forward pass."""
         s = self.token_t(noise["t"], x0.shape[1])
         masked = noise["u"] >= self.schedule.alpha(self.noise_level(s))
         if loss_mask is not None:
@@ -156,4 +163,4 @@ class BlockDiffusion(MaskedDiffusion):
         nll = masked_nll(self.denoiser_logits(model, xt, x0), x0, masked, self.mask_id)
         n_scored = x0.shape[1] if loss_mask is None else loss_mask.sum(1)
         # per block: -log p(x^b | x^{<b}) <= (R) + int_{t_min}^1 w(t) E[sum_masked -log p] dt + (P) (masked.py)
-        return (self.bound_weight(s) * nll).sum(dim=1) + self.prior_nats * n_scored
+        return (self.bound_weight(s) * nll).sum(dim=1) + self.prior_nats * n_scored, nll.sum(dim=1)

@@ -38,7 +38,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..schedules import get_schedule
-from .base import DiffusionProcess, LossOutput, register
+from .base import DiffusionProcess, LossOutput, nonnegative_weight, register
 
 LOSS_WEIGHTINGS = ("elbo", "flat")
 
@@ -52,15 +52,9 @@ class MaskedDiffusion(DiffusionProcess):
                  ce_lambda: float = 0.0):
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise UserError(f"unknown loss_weighting {loss_weighting!r}: choose one of {', '.join(LOSS_WEIGHTINGS)}")
-        if isinstance(ce_lambda, str):  # YAML 1.1 reads an override like ce_lambda=1e-3 (no dot) as a string
-            try:
-                ce_lambda = float(ce_lambda)
-            except ValueError:
-                pass
-        if isinstance(ce_lambda, bool) or not isinstance(ce_lambda, (int, float)) or not 0 <= ce_lambda < math.inf:
-            raise UserError(f"ce_lambda must be a finite number >= 0 (the weight of the extra cross-entropy term; "
-                            f"0 disables it), got {ce_lambda!r}")
-        self.loss_weighting, self.ce_lambda = loss_weighting, float(ce_lambda)
+        self.loss_weighting = loss_weighting
+        self.ce_lambda = nonnegative_weight("ce_lambda", ce_lambda, "the weight of the extra cross-entropy term; 0 "
+                                            "disables it")
         self.vocab_size, self.mask_id = vocab_size, mask_id
         # AR -> diffusion adaptation (train/adapt.py): the backbone reads [START] x_t, position l predicts x0_l
         self.logit_shift = logit_shift
@@ -159,15 +153,20 @@ class MaskedDiffusion(DiffusionProcess):
         times that flat sum to either weighting."""
         if self.loss_weighting == "elbo" and self.ce_lambda == 0:
             return super().loss(model, x0, noise, loss_mask)  # the bound itself, bit for bit
-        if type(self).nelbo_per_sequence is not MaskedDiffusion.nelbo_per_sequence:
-            raise UserError(f"process {self.name!r} does not support loss_weighting/ce_lambda")  # its own estimate
-        s, nll = self._masked_nll(model, x0, noise, loss_mask)
-        flat = nll.sum(dim=1)
-        per_seq = self._nelbo(s, nll, x0, loss_mask) if self.loss_weighting == "elbo" else flat
+        bound, flat = self.bound_and_flat(model, x0, noise, loss_mask)
+        per_seq = bound if self.loss_weighting == "elbo" else flat
         if self.ce_lambda:
             per_seq = per_seq + self.ce_lambda * flat
         n_tokens = x0.numel() if loss_mask is None else int(loss_mask.sum())
         return LossOutput(total=per_seq.sum(), n_tokens=n_tokens)
+
+    def bound_and_flat(self, model: nn.Module, x0: torch.Tensor, noise: dict[str, torch.Tensor],
+                       loss_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """From one forward pass: (`nelbo_per_sequence`, sum_{l masked} -log p_theta(x0_l | x_t)), each [B]."""
+        if type(self).nelbo_per_sequence is not MaskedDiffusion.nelbo_per_sequence:
+            raise UserError(f"process {self.name!r} does not support loss_weighting/ce_lambda")  # its own estimate
+        s, nll = self._masked_nll(model, x0, noise, loss_mask)
+        return self._nelbo(s, nll, x0, loss_mask), nll.sum(dim=1)
 
 
 def masked_nll(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, mask_id: int) -> torch.Tensor:

@@ -32,6 +32,10 @@ Base distribution: uniform over the N tokens for uniform; for absorb, [MASK] -- 
 infinite (loglinear with eps = 0, the default for absorb). With sigmabar(1) finite a token survives to
 t = 1 with probability a = e^-sigmabar(1), which a point mass on [MASK] cannot explain (KL = inf), so the
 base is then (1 - a) [MASK] + a uniform (KL = a log N per token), and the samplers start from it too.
+
+Training recipe (`loss` only, absorb only): ce_lambda adds lambda sum_{l masked} -log softmax(g_l)_{x0_l}, the
+cross-entropy of the clean-token law the absorbing score implies (g estimates log p_0(y | unmasked), so softmax(g)
+is that law at the optimum): D3PM's hybrid term, as MDLM's `ce_lambda` (train/recipes.py). The bound is unchanged.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import DiffusionProcess, LossOutput, register
+from .base import DiffusionProcess, LossOutput, nonnegative_weight, register
 from .sedd_graphs import AbsorbGraph, UniformGraph, _f64
 from .sedd_noise import GeometricNoise, LogLinearNoise
 
@@ -65,6 +69,7 @@ class SEDD(DiffusionProcess):
         sigma_max: float = 20.0,
         t_min: float = 1e-3,
         antithetic: bool = True,
+        ce_lambda: float = 0.0,
     ):
         if graph not in GRAPHS:
             raise UserError(f"unknown SEDD graph {graph!r}: choose one of {', '.join(GRAPHS)}")
@@ -77,6 +82,11 @@ class SEDD(DiffusionProcess):
             )
         if not 0 <= t_min < 1:
             raise UserError(f"t_min must be in [0, 1), got {t_min}")
+        ce_lambda = nonnegative_weight("ce_lambda", ce_lambda, "0 disables the cross-entropy term")
+        if ce_lambda and graph != "absorb":
+            raise UserError("ce_lambda is the cross-entropy of the clean-token law the absorbing graph's score "
+                            "implies; the uniform graph's score implies none: drop process.ce_lambda")
+        self.ce_lambda = float(ce_lambda)
         if eps is None:  # absorb: exact absorption at t = 1; uniform: the paper's 1e-3 (sigma(1) stays finite)
             eps = 0.0 if graph == "absorb" else 1e-3
         if graph == "uniform" and noise == "loglinear" and eps <= 0:
@@ -98,6 +108,7 @@ class SEDD(DiffusionProcess):
             "sigma_max": self.sigma_max,
             "t_min": self.t_min,
             "antithetic": self.antithetic,
+            **({"ce_lambda": self.ce_lambda} if self.ce_lambda else {}),
         }
 
     @property
@@ -195,13 +206,17 @@ class SEDD(DiffusionProcess):
         nll = -logp.gather(-1, x0[active][:, None])[:, 0]
         return torch.zeros(x0.shape, dtype=torch.float64, device=x0.device).index_put((active,), nll).sum(1)
 
-    def _bound(self, model, x0, noise, loss_mask, reconstruction: bool) -> torch.Tensor:
+    def _bound(self, model, x0, noise, loss_mask, reconstruction: bool, ce_lambda: float = 0.0) -> torch.Tensor:
         t = noise["t"].double()
         xt = self.corrupt(x0, t, noise["u"], noise["v"], loss_mask)
         g = self.model_output(model, xt, t)
         dwdse = self.score_entropy(g, xt, x0, t, loss_mask).sum(1)
         n_scored = torch.full_like(dwdse, x0.shape[1]) if loss_mask is None else loss_mask.sum(1).double()
         total = (1 - self.t_min) * dwdse + self.graph.prior_kl(self.sigma_end) * n_scored
+        if ce_lambda:  # the recipe's term (module notes): -log softmax(g)_{x0} at the scored [MASK] positions
+            active = self.graph.moves(xt) if loss_mask is None else self.graph.moves(xt) & loss_mask
+            ce = torch.logsumexp(g, -1) - g.gather(-1, x0[..., None])[..., 0]
+            total = total + ce_lambda * torch.where(active, ce, torch.zeros_like(ce)).sum(1).double()
         if reconstruction and self.sigma_low > 0:
             total = total + self.reconstruction(model, x0, noise["u0"], noise["v0"], loss_mask)
         return total.to(g.dtype)
@@ -215,7 +230,9 @@ class SEDD(DiffusionProcess):
     def loss(
         self, model: nn.Module, x0: torch.Tensor, noise: dict[str, torch.Tensor], loss_mask: torch.Tensor | None = None
     ) -> LossOutput:
-        """The training objective: the bound without the reconstruction term (one forward pass)."""
-        per_seq = self._bound(model, x0, noise, loss_mask, reconstruction=False)
+        """The training objective: the bound without the reconstruction term (one forward pass), plus the recipe's
+        cross-entropy term when ce_lambda > 0."""
+        per_seq = self._bound(model, x0, noise, loss_mask, reconstruction=False, ce_lambda=self.ce_lambda)
         n_tokens = x0.numel() if loss_mask is None else int(loss_mask.sum())
         return LossOutput(total=per_seq.sum(), n_tokens=n_tokens)
+

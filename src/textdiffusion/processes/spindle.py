@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .base import register
+from .base import nonnegative_weight, register
 from .masked import MaskedDiffusion
 
 AMPLITUDE_LIMIT = 1 / math.pi  # |a(w)| <= 1/pi keeps every alpha_w monotone (module notes)
@@ -117,14 +117,7 @@ class SpindleMaskedDiffusion(MaskedDiffusion):
         if schedule != "loglinear":
             raise UserError(f"the spindle schedule perturbs the log-linear one (alpha = 1 - t - S(t) H~); "
                             f"process.schedule={schedule!r} does not apply: drop it")
-        if isinstance(spindle_lambda, str):  # YAML 1.1 reads an override like 1e-1 (no dot) as a string
-            try:
-                spindle_lambda = float(spindle_lambda)
-            except ValueError:
-                pass
-        if isinstance(spindle_lambda, bool) or not isinstance(spindle_lambda, (int, float)) \
-                or not 0 <= spindle_lambda < math.inf:
-            raise UserError(f"spindle_lambda must be a finite number >= 0 (0 is MDLM), got {spindle_lambda!r}")
+        spindle_lambda = nonnegative_weight("spindle_lambda", spindle_lambda, "0 is MDLM")
         if not 0 < t_min < 1:
             raise UserError(f"the spindle bound needs 0 < t_min < 1 (its weight ~ 1/t), got {t_min!r}")
         super().__init__(vocab_size, mask_id, "loglinear", t_min, antithetic)

@@ -14,6 +14,8 @@ import yaml
 
 from ..errors import UserError
 from ..models.transformer import splits_into_heads
+from .recipes import LATEST as LATEST_RECIPE
+from .recipes import RECIPES, recipe_defaults
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -49,14 +51,17 @@ class ProcessConfig:
     schedule: str = "loglinear"
     t_min: float = 1e-3
     antithetic: bool = True
+    # the versioned defaults this run trains with on top of the process's own (train/recipes.py); a config saved
+    # before recipes existed is recipe 1 (LEGACY_DEFAULTS)
+    recipe: int = LATEST_RECIPE
     # any other option of the chosen process (e.g. transition: uniform for d3pm); a key written
     # directly under `process:` that is not a field above lands here
     extra: dict = field(default_factory=dict)
 
     def options(self) -> dict:
-        """Keyword arguments for build_process: the fields above, then the extra ones."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("name", "extra")}
-        return {**out, **self.extra}
+        """Keyword arguments for build_process: the fields above, the recipe's defaults, then the extra ones."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("name", "extra", "recipe")}
+        return {**out, **recipe_defaults(self.recipe, self.name, self.extra), **self.extra}
 
 
 @dataclass
@@ -201,7 +206,9 @@ def _set_field(target, section: str, key: str, value) -> None:
         ok = isinstance(value, str)
         value = str(value) if value is not None else value
     if not ok:
-        raise UserError(f"{section}.{key} must be a {type(current).__name__}, got {value!r}")
+        kind = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+        raise UserError(f"{section}.{key} must be {kind.get(type(current).__name__, type(current).__name__)}, "
+                        f"got {value!r}")
     setattr(target, key, value)
 
 
@@ -266,6 +273,7 @@ def _rules() -> list[tuple[str, str, Callable[[object], bool], str]]:
         ("model", "time_conditioning", lambda v: isinstance(v, bool), "true or false"),
         ("process", "schedule", lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
         ("process", "antithetic", lambda v: isinstance(v, bool), "true or false"),
+        ("process", "recipe", lambda v: v in RECIPES, f"one of {', '.join(map(str, RECIPES))} (train/recipes.py)"),
         ("train", "steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
         ("train", "batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
         ("train", "micro_batch_size", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: no accumulation)"),
@@ -299,6 +307,21 @@ def presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
+# keys a saved train_config may lack because it was written before they existed, with the value that run
+# trained with: without this a resumed run would silently take the new default
+LEGACY_DEFAULTS = {("process", "recipe"): 1}
+
+
+def upgrade_saved_config(raw: dict) -> dict:
+    """A saved train_config (a mapping of sections) with the keys it predates filled in (LEGACY_DEFAULTS)."""
+    out = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
+    for (section, key), value in LEGACY_DEFAULTS.items():
+        values = out.setdefault(section, {})
+        if isinstance(values, dict):
+            values.setdefault(key, value)
+    return out
+
+
 def load_run_config(out_dir: str | Path, overrides: list[str] | None = None) -> Config:
     """The config a run folder's checkpoint was trained with, then overrides."""
     import json
@@ -316,7 +339,7 @@ def load_run_config(out_dir: str | Path, overrides: list[str] | None = None) -> 
         raise UserError(f"{path} is corrupt or not a training checkpoint ({exc})") from exc
     if not isinstance(raw, dict) or not all(isinstance(v, dict | None) for v in raw.values()):
         raise UserError(f"{path} is corrupt: its train_config is not a mapping of config sections")
-    return _apply_overrides(Config.from_dict(raw), overrides)
+    return _apply_overrides(Config.from_dict(upgrade_saved_config(raw)), overrides)
 
 
 def load_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> Config:

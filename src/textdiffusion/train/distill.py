@@ -155,13 +155,13 @@ def round_steps(teacher_steps: int, rounds: int) -> list[int]:
 
 def teacher_config(source: str | Path, out: str | Path, overrides: list[str] | None = None) -> Config:
     """The source model's training config (data, tokenizer, model, process), writing to `out`, with overrides."""
-    from .config import _apply_overrides
+    from .config import _apply_overrides, upgrade_saved_config
 
     folder = ckpt.resolve_model_dir(source)
     raw = ckpt.read_config(folder).get("train_config")
     if not isinstance(raw, dict):
         raise UserError(f"{folder} holds no training config: distil a model trained by `textdiffusion train`")
-    cfg = Config.from_dict(raw)
+    cfg = Config.from_dict(upgrade_saved_config(raw))
     cfg.run.out_dir = str(out)
     return _apply_overrides(cfg, overrides)
 
