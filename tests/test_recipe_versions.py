@@ -187,7 +187,7 @@ def test_a_run_saved_before_recipes_resumes_with_its_own_objective(tmp_path):
     assert "recipe" not in old["process"]  # the caller's mapping is not modified
 
 
-def test_trained_run_records_the_recipe_in_both_configs(tmp_path):
+def test_trained_run_records_the_recipe_in_both_configs(tmp_path, capsys):
     from textdiffusion.train.trainer import Trainer
 
     out = tmp_path / "run"
@@ -197,3 +197,18 @@ def test_trained_run_records_the_recipe_in_both_configs(tmp_path):
     assert saved["train_config"]["process"]["recipe"] == LATEST
     assert saved["process"]["ce_lambda"] == CE_LAMBDA  # what `score` and `sample` rebuild
     assert math.isfinite(json.loads((out / "metrics.jsonl").read_text().splitlines()[-1]).get("loss", 0.0))
+    assert ("objective: masked, recipe 2: the bound + 10 x the masked tokens' cross-entropy (so the logged loss is "
+            "not a bound; val_nelbo is)") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("overrides, line", [
+    (["process.recipe=1"], "objective: masked, recipe 1: the bound"),
+    (["process.name=block", "process.loss_weighting=flat", "process.ce_lambda=0"],
+     "objective: block, recipe 2: the flat-weighted cross-entropy (so the logged loss is not a bound; val_nelbo is)"),
+    (["process.name=d3pm"], None),
+])
+def test_the_objective_line(overrides, line):
+    from textdiffusion.train.recipes import describe
+
+    cfg = load_config("tiny", overrides)
+    assert describe(cfg.process.recipe, _built(overrides)) == line

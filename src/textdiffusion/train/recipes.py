@@ -31,3 +31,16 @@ def recipe_defaults(recipe: int, process: str, options: dict) -> dict:
     if process in ("masked", "block") or (process == "sedd" and options.get("graph", "absorb") == "absorb"):
         return {"ce_lambda": CE_LAMBDA}
     return {}
+
+
+def describe(recipe: int, process) -> str | None:
+    """One line for the training log: what the loss is, for the processes the recipes concern (else None)."""
+    if not hasattr(process, "ce_lambda"):
+        return None
+    weighting = getattr(process, "loss_weighting", "elbo")
+    parts = ["the bound" if weighting == "elbo" else "the flat-weighted cross-entropy"]
+    if process.ce_lambda:
+        parts.append(f"{process.ce_lambda:g} x the masked tokens' cross-entropy")
+    plain = weighting == "elbo" and not process.ce_lambda
+    note = "" if plain else " (so the logged loss is not a bound; val_nelbo is)"
+    return f"objective: {process.name}, recipe {recipe}: {' + '.join(parts)}{note}"

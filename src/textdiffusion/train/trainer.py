@@ -28,6 +28,7 @@ from . import fsdp, sft, sharded_checkpoint
 from .config import Config
 from .distributed import all_reduce_sum, barrier, cleanup, init_distributed
 from .optim import EMA, build_optimizer, lr_at
+from .recipes import describe as describe_objective
 
 # the run's ingredients; re-exported here, where callers have always found them
 from .setup import (  # noqa: F401
@@ -85,6 +86,9 @@ class Trainer:
         self.val, self.val_mask = val if isinstance(val, tuple) else (val, None)  # mask: SFT's replies
         if self.info.is_main:
             print(f"data: {self.split.describe(cfg.data.source)}", flush=True)
+            objective = describe_objective(cfg.process.recipe, self.process)
+            if objective:
+                print(objective, flush=True)
         self.noise_gen = torch.Generator().manual_seed(t.seed)
         self.step, self.tokens_seen, self.elapsed = 0, 0, 0.0
         if resume:

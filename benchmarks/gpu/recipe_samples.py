@@ -1,0 +1,78 @@
+"""Does a better-trained bound give better samples? Texts of the ablation's models, judged by a model that generated
+none of them (issue 17.2 / 17.5): each model named with --model LABEL=RUN_DIR (a benchmarks/gpu/sweep.py job
+folder; LABEL's part before '/' groups seeds, e.g. 'recipe 2/s0'), sampled with the headline's sampler settings,
+scored by --judge (the sweep's AR judge, trained apart with seed 1) and any --also-judge.
+
+    python3 benchmarks/gpu/recipe_samples.py --judge JUDGE_RUN --model 'recipe 1/s0=DIR' --model 'recipe 2/s0=DIR' \
+        [--also-judge smollm2] [--samples 64]
+
+Prints one row per (group, sampler setting): the judge perplexity of all the group's texts together, mean unigram
+entropy per text in the first judge's tokens, and the spread of the per-seed judge perplexities.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from common import markdown_table  # noqa: E402  (benchmarks/common.py, put on the path in __main__)
+
+# the headline's settings (BENCHMARKS.md, "Sampler settings of the budget models"): the entropy-keeping one and the
+# closest point to AR's judge perplexity
+SETTINGS = {"ancestral(steps=128)": ("ancestral", {"steps": 128}),
+            "threshold(0.5, block 32, dual cache)": ("threshold", {"threshold": 0.5, "block_length": 32,
+                                                                   "cache": "dual"})}
+
+
+def sample_texts(run_dir: Path, sampler: str, options: dict, n: int, seed: int) -> list[str]:
+    from textdiffusion.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(run_dir, device="cpu")
+    return pipe.generate(num_samples=n, seed=seed, progress=False, sampler=sampler, **options).texts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", required=True, help="LABEL=RUN_DIR (LABEL 'group/seed')")
+    ap.add_argument("--judge", required=True, help="a run folder or load_judge spec that generated none of the texts")
+    ap.add_argument("--also-judge", action="append", default=[])
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    from report import held_out_text  # benchmarks/gpu/report.py
+
+    from textdiffusion.eval.diversity import unigram_entropy
+    from textdiffusion.eval.judge import load_judge
+
+    models = [spec.split("=", 1) for spec in args.model]
+    judges = [args.judge, *args.also_judge]
+    loaded = [load_judge(spec) for spec in judges]
+    texts: dict[tuple[str, str], list[list[str]]] = defaultdict(list)  # (group, setting) -> per-seed texts
+    for label, run_dir in models:
+        group = label.split("/", 1)[0]
+        for name, (sampler, options) in SETTINGS.items():
+            texts[(group, name)].append(sample_texts(Path(run_dir), sampler, options, args.samples, args.seed))
+            print(f"sampled {label}: {name}", file=sys.stderr, flush=True)
+
+    def cells(per_seed: list[list[str]]) -> list[str]:
+        flat = [t for seed_texts in per_seed for t in seed_texts]
+        scores = [j.score(flat) for j in loaded]
+        entropy = statistics.fmean(unigram_entropy(ids) for ids in scores[0].token_ids)
+        seeds = [loaded[0].score(s).perplexity for s in per_seed]
+        spread = f"{min(seeds):,.2f}-{max(seeds):,.2f}" if len(seeds) > 1 else ""
+        return [len(per_seed), *[f"{sc.perplexity:,.2f}" for sc in scores], spread, f"{entropy:.3f}"]
+
+    rows = [["held-out text", "", *cells([held_out_text(n=args.samples)])]]
+    rows += [[group, setting, *cells(per_seed)] for (group, setting), per_seed in texts.items()]
+    print(markdown_table(["models", "sampler setting", "seeds", *[f"{Path(j).name} ppl" for j in judges],
+                          "per-seed range (first judge)", "entropy"], rows))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    main()
