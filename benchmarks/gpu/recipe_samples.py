@@ -18,7 +18,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from common import markdown_table  # noqa: E402  (benchmarks/common.py, put on the path in __main__)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import markdown_table  # noqa: E402  (benchmarks/common.py)
 
 # the headline's settings (BENCHMARKS.md, "Sampler settings of the budget models"): the entropy-keeping one and the
 # closest point to AR's judge perplexity
@@ -73,6 +74,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # report.py, plans.py
     main()
