@@ -24,23 +24,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import markdown_table  # noqa: E402
 
 BASE = "mdlm (small recipe)"
+# a variant is paired with its own family's base row (the same seed), MDLM's by default
+FAMILY_BASES = {"bd3-4": "bd3-4 (small recipe)", "sedd-absorb": "sedd-absorb (small recipe)",
+                "bpe4096": "bpe4096 mdlm (small recipe)"}
 
 
-def ablation_table(jobs: list[dict]) -> str:
+def base_of(variant: str) -> str:
+    return next((base for prefix, base in FAMILY_BASES.items() if variant.startswith(prefix)), BASE)
+
+
+def ablation_table(jobs: list[dict], plan: str = "ablation") -> str:
     by_variant: dict[str, dict[int, float]] = defaultdict(dict)
     stderr: dict[str, list[float]] = defaultdict(list)
     for j in jobs:
-        if j["plan"] == "ablation" and "final_nelbo" in j:
+        if j["plan"] == plan and "final_nelbo" in j:
             by_variant[j["variant"]][j["seed"]] = j["final_nelbo"]
             stderr[j["variant"]].append(j["final_stderr"])
-    base = by_variant.get(BASE, {})
     rows = []
     for variant, seeds in by_variant.items():
         values = list(seeds.values())
         mean = statistics.fmean(values)
         spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+        base = by_variant.get(base_of(variant), {})
         paired = [seeds[s] - base[s] for s in seeds if s in base]
-        if variant == BASE or not paired:
+        if variant == base_of(variant) or not paired:
             delta = "—"
         else:
             d = statistics.fmean(paired)
@@ -51,8 +58,8 @@ def ablation_table(jobs: list[dict]) -> str:
     if not rows:
         return "(no ablation job finished)"
     rows.sort(key=lambda r: float(r[2]))
-    return markdown_table(["variant", "seeds", "test NELBO (nats/byte), mean", "sd over seeds",
-                           "per-run s.e. (t draws)", "paired change vs base ± s.e."], rows)
+    return markdown_table(["variant", "seeds", "test NELBO (nats/token), mean", "sd over seeds",
+                           "per-run s.e. (t draws)", "paired change vs its family's base ± s.e."], rows)
 
 
 def budget_points(jobs: list[dict]) -> dict[str, dict[int, float]]:
@@ -156,6 +163,8 @@ def main() -> None:
         states[j["state"]] += 1
     print(f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in states.items()) + f"; wall {data['wall_s']:.0f} s\n")
     print("## ablation\n\n" + ablation_table(jobs) + "\n")
+    if any(j["plan"] == "ablation-bpe" for j in jobs):
+        print("## ablation at 4k BPE\n\n" + ablation_table(jobs, "ablation-bpe") + "\n")
     points = budget_points(jobs)
     print("## budget (validation NELBO, nats per byte; in brackets the perplexity ratio to AR)\n\n"
           + budget_table(points) + "\n")
