@@ -70,7 +70,7 @@ ABLATION = {  # variant -> (family, overrides)
     "hybrid CE, lambda 1": ("mdlm", ("process.ce_lambda=1",)),
     "hybrid CE, lambda 3": ("mdlm", ("process.ce_lambda=3",)),
     "hybrid CE, lambda 30": ("mdlm", ("process.ce_lambda=30",)),
-    "cosine schedule + hybrid CE, lambda 10": ("mdlm", ("process.schedule=cosine", "process.ce_lambda=10")),
+    "cosine schedule and hybrid CE, lambda 10": ("mdlm", ("process.schedule=cosine", "process.ce_lambda=10")),
     "bd3-4 (small recipe)": ("bd3-4", ()),
     "bd3-4, hybrid CE, lambda 10": ("bd3-4", ("process.ce_lambda=10",)),
     "bd3-4, flat weighting": ("bd3-4", ("process.loss_weighting=flat",)),
