@@ -23,9 +23,11 @@ from common import markdown_table  # noqa: E402  (benchmarks/common.py)
 
 # the headline's settings (BENCHMARKS.md, "Sampler settings of the budget models"): the entropy-keeping one and the
 # closest point to AR's judge perplexity
-SETTINGS = {"ancestral(steps=128)": ("ancestral", {"steps": 128}),
-            "threshold(0.5, block 32, dual cache)": ("threshold", {"threshold": 0.5, "block_length": 32,
-                                                                   "cache": "dual"})}
+SETTINGS = {"mdlm": {"ancestral(steps=128)": ("ancestral", {"steps": 128}),
+                     "threshold(0.5, block 32, dual cache)": ("threshold", {"threshold": 0.5, "block_length": 32,
+                                                                            "cache": "dual"})},
+            # BD3-LM (block 4): the `small` suite's most and fewest denoising steps per block
+            "bd3": {"block(steps=4)": ("block", {"steps": 4}), "block(steps=1)": ("block", {"steps": 1})}}
 
 
 def sample_texts(run_dir: Path, sampler: str, options: dict, n: int, seed: int) -> list[str]:
@@ -42,6 +44,7 @@ def main() -> None:
     ap.add_argument("--also-judge", action="append", default=[])
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--settings", choices=sorted(SETTINGS), default="mdlm", help="the sampler settings (default mdlm)")
     args = ap.parse_args()
 
     from report import held_out_text  # benchmarks/gpu/report.py
@@ -55,7 +58,7 @@ def main() -> None:
     texts: dict[tuple[str, str], list[list[str]]] = defaultdict(list)  # (group, setting) -> per-seed texts
     for label, run_dir in models:
         group = label.split("/", 1)[0]
-        for name, (sampler, options) in SETTINGS.items():
+        for name, (sampler, options) in SETTINGS[args.settings].items():
             texts[(group, name)].append(sample_texts(Path(run_dir), sampler, options, args.samples, args.seed))
             print(f"sampled {label}: {name}", file=sys.stderr, flush=True)
 
