@@ -187,6 +187,27 @@ def test_a_run_saved_before_recipes_resumes_with_its_own_objective(tmp_path):
     assert "recipe" not in old["process"]  # the caller's mapping is not modified
 
 
+def test_bench_reuses_an_old_run_that_no_recipe_changes(tmp_path):
+    # an AR (or D3PM) run saved before recipes and the later data/train keys trains the same objective
+    # today, so the bench reuses it; an MDLM run of the same age is refused (the test above)
+    for name in ("autoregressive", "d3pm"):
+        out = tmp_path / name
+        cfg = load_config("tiny", [f"process.name={name}", f"run.out_dir={out}"])
+        old = cfg.to_dict()
+        for section, key in (("process", "recipe"), ("data", "num_workers"), ("train", "parallel"),
+                             ("train", "activation_checkpointing")):
+            del old[section][key]
+        _write_checkpoint(out, old)
+        folder = out / "checkpoint"
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "trained": {"steps": cfg.train.steps}}))
+        assert ensure_trained(cfg, log=lambda _: None) == folder
+    # a later key set to a value other than its old behaviour is still a difference
+    with pytest.raises(UserError, match=r"train.parallel: 'ddp' -> 'fsdp'"):
+        ensure_trained(load_config("tiny", ["process.name=autoregressive", f"run.out_dir={tmp_path / 'autoregressive'}",
+                                            "train.parallel=fsdp"]))
+
+
 def test_trained_run_records_the_recipe_in_both_configs(tmp_path, capsys):
     from textdiffusion.train.trainer import Trainer
 

@@ -39,12 +39,22 @@ def judge_config(suite: Suite, tok: Tokenization, root: Path, overrides: list[st
     return cfg
 
 
+def _same_objective(stored: dict, wanted: dict) -> bool:
+    """Whether two process sections build the same process: a recipe that changes nothing for this
+    family (AR, D3PM, ...) is no reason to retrain it."""
+    a, b = (Config.from_dict({"process": section}).process for section in (stored, wanted))
+    return a.name == b.name and a.options() == b.options()
+
+
 def _differences(stored: dict, wanted: dict) -> list[str]:
     out = []
     for section, values in wanted.items():
         for key, value in values.items():
-            if (section, key) not in _COSMETIC and stored.get(section, {}).get(key) != value:
-                out.append(f"{section}.{key}: {stored.get(section, {}).get(key)!r} -> {value!r}")
+            if (section, key) in _COSMETIC or stored.get(section, {}).get(key) == value:
+                continue
+            if (section, key) == ("process", "recipe") and _same_objective(stored["process"], values):
+                continue
+            out.append(f"{section}.{key}: {stored.get(section, {}).get(key)!r} -> {value!r}")
     return out
 
 
