@@ -78,6 +78,9 @@ ABLATION = {  # variant -> (family, overrides)
     "bd3-4, recipe 2": ("bd3-4", ("process.recipe=2",)),
     "sedd-absorb (small recipe)": ("sedd-absorb", ()),
     "sedd-absorb, hybrid CE, lambda 10": ("sedd-absorb", ("process.ce_lambda=10",)),
+    # SEDD's score-entropy loss already holds the normaliser sum_y exp(g_y): does another weight suit it better?
+    "sedd-absorb, hybrid CE, lambda 3": ("sedd-absorb", ("process.ce_lambda=3",)),
+    "sedd-absorb, hybrid CE, lambda 30": ("sedd-absorb", ("process.ce_lambda=30",)),
     "d3pm-absorbing (lambda 0.01)": ("d3pm-absorbing", ()),
     "d3pm-absorbing, lambda 0": ("d3pm-absorbing", ("process.hybrid_lambda=0",)),
 }

@@ -27,7 +27,12 @@ SETTINGS = {"mdlm": {"ancestral(steps=128)": ("ancestral", {"steps": 128}),
                      "threshold(0.5, block 32, dual cache)": ("threshold", {"threshold": 0.5, "block_length": 32,
                                                                             "cache": "dual"})},
             # BD3-LM (block 4): the `small` suite's most and fewest denoising steps per block
-            "bd3": {"block(steps=4)": ("block", {"steps": 4}), "block(steps=1)": ("block", {"steps": 1})}}
+            "bd3": {"block(steps=4)": ("block", {"steps": 4}), "block(steps=1)": ("block", {"steps": 1})},
+            # nucleus sampling (Holtzman et al., 2020), as MDLM/ReMDM evaluate: it trades entropy for likelihood,
+            # so it is read against AR's own samples at the same top_p ("ar") and entropy
+            "nucleus": {f"ancestral(steps=128, top_p={p})": ("ancestral", {"steps": 128, "top_p": p})
+                        for p in (0.95, 0.9)},
+            "ar": {f"ar(top_p={p})": ("ar", {"top_p": p}) for p in (1.0, 0.95, 0.9)}}
 
 
 def sample_texts(run_dir: Path, sampler: str, options: dict, n: int, seed: int) -> list[str]:

@@ -109,13 +109,15 @@ def parallel_decoding(seq_len: int, full: bool = True) -> tuple[SamplerSetting, 
     return (*confidence, *threshold, *remdm, *others)
 
 
-def bd3(block_size: int, steps: tuple[int, ...], only: tuple[str, ...] = ()) -> Family:
-    """Block diffusion at one block size: ancestral steps per block, and threshold decoding, with the KV cache."""
+def bd3(block_size: int, steps: tuple[int, ...], only: tuple[str, ...] = (),
+        thresholds: tuple[float, ...] = (0.9,)) -> Family:
+    """Block diffusion at one block size: ancestral steps per block, and threshold decoding at each threshold
+    (a higher one spends more passes per block for likelier text), with the KV cache."""
     settings = tuple(SamplerSetting("block", {"steps": s}) for s in steps)
-    threshold = SamplerSetting("block", {"rule": "threshold", "threshold": 0.9})
+    threshold = tuple(SamplerSetting("block", {"rule": "threshold", "threshold": th}) for th in thresholds)
     no_cache = SamplerSetting("block", {"steps": steps[0], "cache": False})
     return Family(f"bd3-{block_size}", {"name": "block", "block_size": block_size},
-                  (*settings, threshold, no_cache), only=only)
+                  (*settings, *threshold, no_cache), only=only)
 
 
 def d3pm(transition: str, steps: tuple[int, ...], only: tuple[str, ...] = ()) -> Family:
@@ -201,7 +203,8 @@ SUITES: dict[str, Suite] = {
                     "(byte level: 4.9M tokens each; 4k BPE: 2.5M tokens, about 8.6M characters, each)",
         tokenizations=(BYTE, bpe(4096, steps=600)),
         families=(AR, mdlm((32, 128, 512), parallel_decoding(128)), *discrete_families((32, 128)),
-                  bd3(4, (4, 2, 1), only=("byte",)), bd3(16, (16, 8, 4), only=("byte",)),
+                  bd3(4, (4, 2, 1), only=("byte",), thresholds=(0.99, 0.9, 0.7)),
+                  bd3(16, (16, 8, 4), only=("byte",), thresholds=(0.99, 0.9, 0.7)),
                   diffusion_lm((32, 128, 512)), cdcd((32, 128, 512)), *edit_families((10, 20), (64, 128))),
         base={"data": {"source": "shakespeare", "seq_len": 128},
               "model": {"d_model": 256, "n_layers": 4, "n_heads": 4},
