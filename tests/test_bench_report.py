@@ -33,6 +33,8 @@ def test_headline_without_a_match_names_the_closest_and_the_fastest():
     assert "no diffusion setting matches" in text
     assert "Closest at AR's entropy: mdlm b, judge ppl 20.00 (2.00x AR's) at 3.00x" in text
     assert "fastest: mdlm a, 5.00x" in text
+    # the likeliest setting is named too, with what it costs in entropy (2.0 vs AR's 3.0: -33%)
+    assert "closest in judge ppl: mdlm greedy, 11.00 (1.10x AR's) at -33% entropy and 4.00x AR's tokens/s" in text
     assert headline(t, "single_tokens_per_s") is None  # no single-sequence numbers were measured
 
 

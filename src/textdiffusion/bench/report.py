@@ -169,6 +169,12 @@ def headline(tok: dict, speed: str = "tokens_per_s", judge: str | None = None, p
                  "AR's tokens/s; ")
     else:
         text += "No setting is within the entropy tolerance; "
+    near_name, near = min(rows, key=lambda r: ppl(r[1]))
+    if not entropy_ok(near):  # the likeliest text at another entropy: what the perplexity alone would pick
+        change = judged(near, judge)["unigram_entropy"] / q_ar["unigram_entropy"] - 1
+        text += (f"closest in judge ppl: {near_name} {near['setting']}, {_f(ppl(near))} "
+                 f"({ppl(near) / q_ar['judge_ppl']:.2f}x AR's) at {change:+.0%} entropy and "
+                 f"{near[speed] / ar[speed]:.2f}x AR's tokens/s; ")
     return text + (f"fastest: {fast_name} {fast['setting']}, {fast[speed] / ar[speed]:.2f}x "
                    f"AR's tokens/s at judge ppl {_f(ppl(fast))}")
 
