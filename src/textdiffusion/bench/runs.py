@@ -50,11 +50,12 @@ def _differences(stored: dict, wanted: dict) -> list[str]:
     out = []
     for section, values in wanted.items():
         for key, value in values.items():
-            if (section, key) in _COSMETIC or stored.get(section, {}).get(key) == value:
+            old = stored.get(section, {}).get(key)
+            if (section, key) in _COSMETIC or old == value:
                 continue
             if (section, key) == ("process", "recipe") and _same_objective(stored["process"], values):
                 continue
-            out.append(f"{section}.{key}: {stored.get(section, {}).get(key)!r} -> {value!r}")
+            out.append(f"{section}.{key}: {old!r} -> {value!r}")
     return out
 
 

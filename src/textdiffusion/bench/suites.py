@@ -180,6 +180,8 @@ def bpe(vocab_size: int, **train) -> Tokenization:
                         f"byte-level BPE trained on the training split, {vocab_size} tokens", train)
 
 
+SMALL_BD3_THRESHOLDS = (0.99, 0.9, 0.7)  # threshold decoding from near-sequential to a few tokens per pass
+
 SUITES: dict[str, Suite] = {
     "quick": Suite(
         name="quick",
@@ -203,8 +205,8 @@ SUITES: dict[str, Suite] = {
                     "(byte level: 4.9M tokens each; 4k BPE: 2.5M tokens, about 8.6M characters, each)",
         tokenizations=(BYTE, bpe(4096, steps=600)),
         families=(AR, mdlm((32, 128, 512), parallel_decoding(128)), *discrete_families((32, 128)),
-                  bd3(4, (4, 2, 1), only=("byte",), thresholds=(0.99, 0.9, 0.7)),
-                  bd3(16, (16, 8, 4), only=("byte",), thresholds=(0.99, 0.9, 0.7)),
+                  bd3(4, (4, 2, 1), only=("byte",), thresholds=SMALL_BD3_THRESHOLDS),
+                  bd3(16, (16, 8, 4), only=("byte",), thresholds=SMALL_BD3_THRESHOLDS),
                   diffusion_lm((32, 128, 512)), cdcd((32, 128, 512)), *edit_families((10, 20), (64, 128))),
         base={"data": {"source": "shakespeare", "seq_len": 128},
               "model": {"d_model": 256, "n_layers": 4, "n_heads": 4},

@@ -309,7 +309,6 @@ def presets() -> list[str]:
 
 # keys a saved train_config may lack because it was written before they existed, with the value that run
 # trained with: without this a resumed run would silently take the new default
-# keys added after runs were saved: a saved config without one was trained with the behaviour this value gives
 LEGACY_DEFAULTS = {("process", "recipe"): 1, ("data", "num_workers"): 0, ("train", "parallel"): "ddp",
                    ("train", "activation_checkpointing"): False}
 
