@@ -4,9 +4,10 @@
     python benchmarks/distill_sdtt.py --students runs/sdtt --steps 8 16 32 64
 
 Every model samples the same number of full windows (seeded alike) with MDLM's ancestral sampler at each step
-count; the judge is SmolLM2-135M-Instruct (it generated none of the texts), entropy is the mean unigram entropy
-per sample in its tokens (nats), and MAUVE (eval/mauve.py) compares the samples with as many held-out windows
-of the teacher's validation split, in SmolLM2's last-token hidden states. Forward passes are per batch (the
+count; the judge (--judge: SmolLM2-135M-Instruct by default, or an AR run folder trained apart, such as the
+`bench` suite's judge) generated none of the texts; entropy is the mean unigram entropy per sample in the judge's
+tokens (nats), and MAUVE (eval/mauve.py) compares the samples with as many held-out windows of the teacher's
+validation split, in SmolLM2's last-token hidden states. Forward passes are per batch (the
 sampler's cache skips the model when no token was revealed, so they can be fewer than the steps).
 """
 
@@ -54,6 +55,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, nargs="+", default=None, help="only these rounds' students (default all)")
     ap.add_argument("--skip-teacher", action="store_true", help="measure the students only")
     ap.add_argument("--json", default=None, help="write the rows here as JSON")
+    ap.add_argument("--judge", default="smollm2", help="smollm2, an HF folder or a run folder that generated none "
+                                                       "of the texts (default smollm2)")
     args = ap.parse_args()
 
     rounds = sorted(Path(args.students).glob("round-*/checkpoint"), key=lambda p: int(p.parent.name.split("-")[1]))
@@ -62,10 +65,11 @@ def main() -> None:
     rounds = [p for p in rounds if args.rounds is None or int(p.parent.name.split("-")[1]) in args.rounds]
     models = {} if args.skip_teacher else {"teacher": Path(args.teacher)}
     models.update({f"student {p.parent.name}": p for p in rounds})
-    judge = load_judge("smollm2")
+    judge = load_judge(args.judge)
+    featurizer = judge if hasattr(judge, "features") else load_judge("smollm2")  # MAUVE reads SmolLM2's features
     teacher = Pipeline.from_pretrained(args.teacher, precision="auto")
     reference = held_out_texts(teacher, Path(args.teacher), args.num_samples)
-    p_features = judge.features(reference)
+    p_features = featurizer.features(reference)
 
     def judged(texts: list[str]) -> dict:
         score = judge.score(texts)
@@ -74,7 +78,7 @@ def main() -> None:
         se = sum((nats - mean * k) ** 2 for nats, k in zip(score.nats, score.n_tokens)) ** 0.5 / total
         return {"judge_ppl": score.perplexity, "judge_nats_se": se,
                 "entropy": diversity_report(score.token_ids)["unigram_entropy"],
-                "mauve": mauve_from_features(p_features, judge.features(texts)).mauve}
+                "mauve": mauve_from_features(p_features, featurizer.features(texts)).mauve}
 
     rows = [{"model": "held-out text", "steps": None, "forward_passes": None, "tokens_per_s": None,
              **judged(held_out_texts(teacher, Path(args.teacher), 2 * args.num_samples)[args.num_samples:])}]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from textdiffusion.bench import suites
-from textdiffusion.bench.report import headline
+from textdiffusion.bench.report import headline, suite_markdown
 from textdiffusion.bench.run import merge_results
 
 
@@ -41,12 +41,19 @@ def test_headline_without_a_match_names_the_closest_and_the_fastest():
 def test_merge_keeps_unmeasured_rows_in_suite_order():
     old = {"tokenizations": [{"tokenization": "byte", "models": {"ar": {"x": 1}, "mdlm": {"x": 2}}},
                              {"tokenization": "bpe4096", "models": {"ar": {"x": 3}}}]}
-    new = {"date": "d", "command": "c", "wall_minutes": 1.0,
+    new = {"date": "d", "command": "c", "wall_minutes": 1.0, "machine": "m2",
            "tokenizations": [{"tokenization": "byte", "models": {"bd3-4": {"x": 4}, "mdlm": {"x": 5}}}]}
-    merged = merge_results(old, new, suites.SUITES["small"])
+    merged = merge_results({**old, "command": "full", "date": "d0", "machine": "m1", "wall_minutes": 50.0},
+                           new, suites.SUITES["small"])
     byte, bpe = merged["tokenizations"]
     assert list(byte["models"]) == ["ar", "mdlm", "bd3-4"] and byte["models"]["mdlm"] == {"x": 5}
-    assert bpe["models"] == {"ar": {"x": 3}} and merged["partial_runs"][0]["command"] == "c"
+    assert bpe["models"] == {"ar": {"x": 3}}
+    # the section keeps the full run's command; the rerun is listed with its own, and its machine where it differs
+    assert (merged["command"], merged["date"], merged["wall_minutes"]) == ("full", "d0", 50.0)
+    assert merged["partial_runs"] == [{"date": "d", "command": "c", "wall_minutes": 1.0, "machine": "m2"}]
+    header = {"suite": "small", "description": "x", "torch": "t", "json": "j", "tokenizations": []}
+    text = suite_markdown({**merged, **header})
+    assert "- command: `full`" in text and "partial rerun on d: `c` (1.0 min; m2)" in text
 
 
 def with_judge(s: dict, name: str, ppl: float, entropy: float) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from analytic import ExactDenoiser
@@ -14,7 +16,7 @@ from textdiffusion.processes.masked import MaskedDiffusion
 from textdiffusion.samplers.confidence import ConfidenceConfig, ThresholdConfig, confidence_sample, threshold_sample
 from textdiffusion.samplers.mdlm import AncestralConfig, ancestral_sample
 from textdiffusion.samplers.semi_ar import SemiARConfig, semi_ar_sample, windows
-from textdiffusion.samplers.unmasking import reveal_counts, top_k_mask
+from textdiffusion.samplers.unmasking import confidence_score, reveal_counts, top_k_mask
 
 V, MASK_ID, L = 11, 10, 12
 PROC = MaskedDiffusion(V, MASK_ID)
@@ -108,6 +110,53 @@ def test_random_order_with_the_exact_posterior_samples_p_data():
         assert_matches(ids, data.p_data, "low-confidence order")
 
 
+@pytest.mark.parametrize("score", ["top", "margin", "entropy"])
+def test_scores_that_ignore_the_drawn_value_sample_p_data_in_their_own_order(score):
+    """Ranking by the logits alone (MaskGIT's top probability, Dream's margin and entropy) picks an
+    adaptive order but never looks at the drawn value: with exact conditionals and one token per step
+    the chain rule holds along any such order, so LLaDA's schedule and Fast-dLLM at threshold 1 sample
+    p_data exactly (the drawn-value score fails the same check: the test above)."""
+    data = tiny_data(4)
+    exact = ExactDenoiser(data.p_data, N_VALUES, 4)
+    proc = MaskedDiffusion(N_VALUES + 1, N_VALUES)
+    gen = torch.Generator().manual_seed(7)
+    ids = confidence_sample(exact, proc, masked_start(20000, 4), ConfidenceConfig(steps=4, score=score), gen).ids
+    assert_matches(ids, data.p_data, f"low-confidence order by {score}")
+    ids = threshold_sample(exact, proc, masked_start(20000, 4), ThresholdConfig(1.0, score=score), gen).ids
+    assert_matches(ids, data.p_data, f"threshold 1 by {score}")
+
+
+def test_the_drawn_value_score_biases_threshold_decoding_to_the_mode():
+    """Two positions, context-free: A is 95/5, B 50/50, threshold 0.9. By the drawn value's probability,
+    A is kept at the first pass only when it drew the likely value, else redrawn at the second: its rare
+    value survives with probability 0.05**2. By the top probability A is kept whatever it drew: 0.05."""
+
+    class Fixed(torch.nn.Module):
+        cfg = type("Cfg", (), {"time_conditioning": False, "seq_len": 2})()
+
+        def forward(self, ids, t=None):
+            probs = torch.full((*ids.shape, V), 1e-30)
+            probs[:, 0, :2] = torch.tensor([0.95, 0.05])
+            probs[:, 1, :2] = torch.tensor([0.5, 0.5])
+            return probs.log()
+
+    n = 40000
+    for score, rare in (("sampled", 0.05**2), ("top", 0.05)):
+        ids = threshold_sample(Fixed(), PROC, torch.full((n, 2), MASK_ID), ThresholdConfig(0.9, score=score),
+                               torch.Generator().manual_seed(8)).ids
+        freq = float((ids[:, 0] == 1).double().mean())
+        assert abs(freq - rare) < 5 * (rare * (1 - rare) / n) ** 0.5, (score, freq, rare)
+
+
+def test_confidence_scores_of_a_known_distribution():
+    probs = torch.tensor([[0.5, 0.3, 0.2, 0.0]], dtype=torch.float64)
+    logits, drawn = probs.log(), torch.tensor([1])
+    entropy = -sum(p * math.log(p) for p in (0.5, 0.3, 0.2))
+    expected = {"sampled": 0.3, "top": 0.5, "margin": 0.2, "entropy": math.exp(-entropy)}
+    for score, value in expected.items():
+        assert float(confidence_score(logits, drawn, score)) == pytest.approx(value, rel=1e-12), score
+
+
 def test_caches_are_exact_for_a_one_layer_model_and_approximate_beyond():
     """One layer: a key depends only on its own token, so Fast-dLLM's prefix and dual caches change
     nothing. Two layers: the cached keys are stale after the block changes, so samples differ."""
@@ -143,6 +192,7 @@ def test_cached_passes_read_fewer_tokens():
     (lambda m: confidence_sample(m, PROC, start(), ConfidenceConfig(cache="both")), "cache must be"),
     (lambda m: confidence_sample(m, PROC, start(), ConfidenceConfig(remasking="greedy")), "remasking"),
     (lambda m: threshold_sample(m, PROC, start(), ThresholdConfig(threshold=1.5)), "threshold"),
+    (lambda m: threshold_sample(m, PROC, start(), ThresholdConfig(score="maskgit")), "confidence score"),
     (lambda m: threshold_sample(m, PROC, start(), ThresholdConfig(block_length=-1)), "block_length"),
     (lambda m: threshold_sample(m, BlockDiffusion(V, MASK_ID), start(), ThresholdConfig()), "block"),
 ])

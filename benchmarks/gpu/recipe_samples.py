@@ -32,7 +32,15 @@ SETTINGS = {"mdlm": {"ancestral(steps=128)": ("ancestral", {"steps": 128}),
             # so it is read against AR's own samples at the same top_p ("ar") and entropy
             "nucleus": {f"ancestral(steps=128, top_p={p})": ("ancestral", {"steps": 128, "top_p": p})
                         for p in (0.95, 0.9)},
-            "ar": {f"ar(top_p={p})": ("ar", {"top_p": p}) for p in (1.0, 0.95, 0.9)}}
+            "ar": {f"ar(top_p={p})": ("ar", {"top_p": p}) for p in (1.0, 0.95, 0.9)},
+            # what ranks positions in confidence decoding (samplers/unmasking.py SCORES): the drawn value's
+            # probability (LLaDA, Fast-dLLM) leans to the mode; the others rank by the logits alone
+            "scores-mdlm": {f"threshold({th}, block 32, dual cache, score={sc})":
+                            ("threshold", {"threshold": th, "block_length": 32, "cache": "dual", "score": sc})
+                            for th in (0.9, 0.7) for sc in ("sampled", "top", "margin", "entropy")},
+            "scores-bd3": {f"block(threshold={th}, score={sc})": ("block", {"rule": "threshold", "threshold": th,
+                                                                             "score": sc})
+                           for th in (0.9, 0.7) for sc in ("sampled", "top", "margin", "entropy")}}
 
 
 def sample_texts(run_dir: Path, sampler: str, options: dict, n: int, seed: int) -> list[str]:

@@ -185,7 +185,8 @@ def suite_markdown(results: dict) -> str:
              f"- command: `{results['command']}`",
              f"- machine: {results['machine']}; torch {results['torch']}; wall time {results['wall_minutes']:.1f} min",
              f"- results: `{results['json']}`; plots: " + ", ".join(f"`{p}`" for p in results.get("plots", []))]
-    lines += [f"- rows updated by a partial rerun on {r['date']}: `{r['command']}` ({r['wall_minutes']:.1f} min)"
+    lines += [f"- rows updated by a partial rerun on {r['date']}: `{r['command']}` ({r['wall_minutes']:.1f} min"
+              + (f"; {r['machine']}" if r.get("machine", results["machine"]) != results["machine"] else "") + ")"
               for r in results.get("partial_runs", [])] + [""]
     for tok in results["tokenizations"]:
         lines.append(tokenization_markdown(tok))

@@ -71,8 +71,12 @@ def merge_results(old: dict, new: dict, suite) -> dict:
         by_tok[tok["tokenization"]] = tok
     order = [t.name for t in suite.tokenizations]
     merged = dict(new)
+    # the section stays the first run's (its command, date, machine and wall time); each partial rerun is listed
+    for key in ("command", "date", "machine", "wall_minutes"):
+        if key in old:
+            merged[key] = old[key]
     merged["tokenizations"] = sorted(by_tok.values(), key=lambda t: order.index(t["tokenization"])
                                      if t["tokenization"] in order else 99)
-    merged["partial_runs"] = [*old.get("partial_runs", []), {"date": new["date"], "command": new["command"],
-                                                              "wall_minutes": new["wall_minutes"]}]
+    rerun = {key: new[key] for key in ("date", "command", "wall_minutes", "machine") if key in new}
+    merged["partial_runs"] = [*old.get("partial_runs", []), rerun]
     return merged

@@ -41,6 +41,7 @@ class BlockConfig:
     eos_id: int | None = None  # the pipeline fills in the tokenizer's [EOS]
     temperature: float = 1.0
     top_p: float = 1.0
+    score: str = "sampled"  # what ranks positions for the confidence rules: sampled, top, margin or entropy
 
     unbounded_length: ClassVar[bool] = True  # may generate more tokens than the model's length
 
@@ -134,7 +135,7 @@ def block_sample(model: nn.Module, process: BlockDiffusion, x: torch.Tensor, cfg
     """Generate the [MASK]s of x ([B, N], N may exceed the model's length) block by block."""
     if not isinstance(process, BlockDiffusion):
         raise UserError(f"sampler 'block' needs a block diffusion model (process 'block'), got {process.name!r}")
-    rule = Rule(cfg.rule, cfg.steps, cfg.threshold, cfg.temperature, cfg.top_p)
+    rule = Rule(cfg.rule, cfg.steps, cfg.threshold, cfg.temperature, cfg.top_p, cfg.score)
     rule.check()
     mask_id, size = process.mask_id, process.block_size
     if size > model.cfg.seq_len:

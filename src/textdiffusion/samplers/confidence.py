@@ -14,6 +14,7 @@ start; Sec. 3.2); `cache="none"` is exact. Infilling: fixed tokens are never cha
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ class ConfidenceConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     cfg_scale: float = 0.0  # LLaDA's classifier-free guidance on the fixed tokens (samplers/cfg.py); 0: none
+    score: str = "sampled"  # what ranks positions: sampled, top, margin or entropy (samplers/unmasking.py)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class ThresholdConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     cfg_scale: float = 0.0
+    score: str = "sampled"  # what ranks positions and meets the threshold: sampled, top, margin or entropy
 
 
 def blocks_with_masks(x: torch.Tensor, mask_id: int, block_length: int) -> list[tuple[int, int]]:
@@ -79,7 +82,7 @@ def parallel_decode(model: nn.Module, process: MaskedDiffusion, x: torch.Tensor,
         if rule.steps < len(blocks):
             raise UserError(f"steps ({rule.steps}) must be at least the number of blocks to decode ({len(blocks)}): "
                             "raise steps or block_length")
-        rule = Rule(rule.kind, rule.steps // len(blocks), rule.threshold, rule.temperature, rule.top_p)
+        rule = dataclasses.replace(rule, steps=rule.steps // len(blocks))
     view = VIEWS[cache](model, mask_id)
     total = max(int((x == mask_id).sum()), 1)
     recorder = FrameRecorder(record_frames, on_step)
@@ -98,7 +101,7 @@ def confidence_sample(model: nn.Module, process: MaskedDiffusion, x: torch.Tenso
     """LLaDA decoding: a fixed number of tokens per step, the most confident (or random) ones."""
     if cfg.remasking not in ("low_confidence", "random"):
         raise UserError(f"remasking must be 'low_confidence' or 'random', got {cfg.remasking!r}")
-    rule = Rule(cfg.remasking, cfg.steps, temperature=cfg.temperature, top_p=cfg.top_p)
+    rule = Rule(cfg.remasking, cfg.steps, temperature=cfg.temperature, top_p=cfg.top_p, score=cfg.score)
     model = guided(model, x, process.mask_id, cfg.cfg_scale)
     return parallel_decode(model, process, x, rule, cfg.block_length, cfg.cache, generator, record_frames, on_step)
 
@@ -108,6 +111,6 @@ def threshold_sample(model: nn.Module, process: MaskedDiffusion, x: torch.Tensor
                      generator: torch.Generator | None = None, record_frames: bool = False,
                      on_step: Callable[[Frame], None] | None = None) -> SampleResult:
     """Fast-dLLM decoding: every token more confident than the threshold, at least one per step."""
-    rule = Rule("threshold", threshold=cfg.threshold, temperature=cfg.temperature, top_p=cfg.top_p)
+    rule = Rule("threshold", threshold=cfg.threshold, temperature=cfg.temperature, top_p=cfg.top_p, score=cfg.score)
     model = guided(model, x, process.mask_id, cfg.cfg_scale)
     return parallel_decode(model, process, x, rule, cfg.block_length, cfg.cache, generator, record_frames, on_step)

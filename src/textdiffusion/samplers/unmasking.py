@@ -13,8 +13,17 @@ A sampler is two choices:
   approximate prefix / dual KV caches refreshed at each block start (`PrefixCacheView`,
   `DualCacheView`), or, for block diffusion, the exact cache of finished blocks (in `samplers.block`).
 
-Values are drawn from the float64 categorical (`select_from_logits` + `sample_categorical`); the
-confidence of a token is the model's probability of the drawn value (untempered softmax, as LLaDA).
+Values are drawn from the float64 categorical (`select_from_logits` + `sample_categorical`). The
+confidence that ranks positions (and meets the threshold) is one of `SCORES`, all on the untempered softmax:
+  - "sampled": the model's probability of the drawn value (LLaDA, Fast-dLLM);
+  - "top": the probability of the most likely value (MaskGIT; Dream's "maskgit_plus");
+  - "margin": the top probability minus the second (Dream's "topk_margin");
+  - "entropy": exp(-H) of the position's distribution, in (0, 1] (Dream's "entropy", made a probability-like
+    number so that one threshold scale serves every score).
+"sampled" ranks by the drawn value itself, so a position is kept more often when its draw was a likely
+value: the revealed tokens lean to the mode and the text loses entropy. The other three depend only on
+the logits, so each revealed value is an unbiased draw from the model's (tempered) distribution; with
+exact conditionals and one token per step they sample the data law exactly, in whatever order they pick.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from ..errors import UserError
 from .base import FrameRecorder, sample_categorical, select_from_logits, store_rows
 
 RULES = ("ancestral", "low_confidence", "random", "threshold")
+SCORES = ("sampled", "top", "margin", "entropy")
 
 
 @dataclass
@@ -37,10 +47,13 @@ class Rule:
     threshold: float = 0.9
     temperature: float = 1.0
     top_p: float = 1.0
+    score: str = "sampled"  # what ranks positions: one of SCORES
 
     def check(self) -> None:
         if self.kind not in RULES:
             raise UserError(f"unknown unmasking rule {self.kind!r}: choose one of {', '.join(RULES)}")
+        if self.score not in SCORES:
+            raise UserError(f"unknown confidence score {self.score!r}: choose one of {', '.join(SCORES)}")
         if not isinstance(self.steps, int) or self.steps <= 0:
             raise UserError(f"steps must be a positive integer, got {self.steps!r}")
         if not 0.0 <= self.threshold <= 1.0:
@@ -68,15 +81,28 @@ def top_k_mask(score: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 def draw_with_confidence(logits: torch.Tensor, mask_id: int, rule: Rule,
                          generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A value for every position ([..., V] -> [...]) and the model's probability of it (float64)."""
+    """A value for every position ([..., V] -> [...]) and its confidence under `rule.score` (float64)."""
     if bool(torch.isnan(logits).any()) or bool(torch.isposinf(logits).any()):
         raise UserError("the model returned NaN or +inf logits: check the checkpoint (a diverged run?) "
                         "and the precision (try fp32)")
     logits = logits.double().clone()
     logits[..., mask_id] = float("-inf")
     values = sample_categorical(select_from_logits(logits, rule.temperature, rule.top_p), generator)
-    confidence = torch.softmax(logits, dim=-1).gather(-1, values[..., None]).squeeze(-1)
-    return values, confidence
+    return values, confidence_score(logits, values, rule.score)
+
+
+def confidence_score(logits: torch.Tensor, values: torch.Tensor, score: str) -> torch.Tensor:
+    """[..., V] float64 logits and drawn values [...] -> each position's confidence (see SCORES)."""
+    probs = torch.softmax(logits, dim=-1)
+    if score == "sampled":
+        return probs.gather(-1, values[..., None]).squeeze(-1)
+    if score == "top":
+        return probs.amax(-1)
+    if score == "margin":
+        best = probs.topk(2, dim=-1).values
+        return best[..., 0] - best[..., 1]
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return torch.exp(torch.where(probs > 0, probs * log_probs, 0.0).sum(-1))  # exp(-H)
 
 
 class View:
