@@ -9,6 +9,7 @@ import pytest
 
 from textdiffusion.bench import suites
 from textdiffusion.bench.judges import weights_fingerprint
+from textdiffusion.bench.measure import MAX_TIMING_REPEATS, MeasureRequest, measure
 from textdiffusion.bench.report import write_markdown_section
 from textdiffusion.bench.run import run_suite
 from textdiffusion.cli import main
@@ -26,7 +27,7 @@ TEST_SUITE = suites.Suite(
           "train": {"steps": 6, "batch_size": 4, "warmup_steps": 1, "ema_decay": 0.0, "precision": "fp32"},
           "run": {"log_every": 2, "eval_every": 3, "eval_batches": 1, "save_every": 3, "progress": False}},
     num_samples=4, sample_batch=2, val_chunks=8, t_samples=2, infill_spans=(2, 5), infill_examples=4,
-    mauve_features="bytes",
+    mauve_features="bytes", min_timing_s=1e9,
 )
 
 
@@ -63,6 +64,7 @@ def test_suite_trains_measures_and_writes_everything(suite, tmp_path):
     # KV cache or not, the AR sampler draws the same tokens: identical judged text
     assert ar["samples"][0]["judge_ppl"] == ar["samples"][1]["judge_ppl"]
     assert mdlm["samples"][0]["nfe_per_batch"] <= 4
+    assert all(s["timing_repeats"] == MAX_TIMING_REPEATS for m in (ar, mdlm) for s in m["samples"])
     saved = json.loads((tmp_path / "results" / "bench-test.json").read_text())
     assert saved["tokenizations"][0]["models"].keys() == {"ar", "mdlm", "bd3-4"}
     bd3 = tok["models"]["bd3-4"]
@@ -103,6 +105,12 @@ def test_suite_trains_measures_and_writes_everything(suite, tmp_path):
     saved = json.loads((tmp_path / "results" / "bench-test.json").read_text())
     assert list(saved["tokenizations"][0]["models"]) == ["ar", "mdlm", "bd3-4"]
     assert "partial rerun" in md.read_text() and "| ar | ar (KV cache) |" in md.read_text()
+    # timing repeats regenerate with the same seeds: the texts and passes are those of one timing
+    req = dict(model=str(byte / "mdlm"), sampler="ancestral", options={"steps": 4}, num_samples=3, batch=2,
+               single_samples=2)
+    once, repeated = measure(MeasureRequest(**req)), measure(MeasureRequest(**req, min_timing_s=1e9))
+    assert (once.timing_repeats, repeated.timing_repeats) == (1, MAX_TIMING_REPEATS)
+    assert once.ids == repeated.ids and once.nfe == repeated.nfe and repeated.single_tokens_per_s > 0
 
 
 def test_train_only_trains_and_measures_nothing(suite, tmp_path):

@@ -112,14 +112,15 @@ def evaluate_tokenization(suite: Suite, tok, root: Path, overrides: list[str], j
         for setting in fam.settings:
             req = MeasureRequest(model=str(folders[name]), sampler=setting.sampler, options=dict(setting.options),
                                  num_samples=suite.num_samples, batch=suite.sample_batch, seed=0, device=device,
-                                 precision="auto", single_samples=suite.single_samples)
+                                 precision="auto", single_samples=suite.single_samples,
+                                 min_timing_s=suite.min_timing_s)
             m = measure_in_subprocess(req, root / suite.name / tok.name / "measure")
             judged = {**judge_all(judge, others, m.texts, own[name]),
                       "mauve": mauve_score(featurize, p_features, m.texts)}
             row["samples"].append({"setting": setting.name(), "sampler": setting.sampler, "options": setting.options,
                                    "nfe_per_batch": m.nfe / math.ceil(suite.num_samples / suite.sample_batch),
                                    "tokens_per_s": m.tokens_per_s, "seconds_per_sample": m.seconds_per_sample,
-                                   "single_tokens_per_s": m.single_tokens_per_s,
+                                   "single_tokens_per_s": m.single_tokens_per_s, "timing_repeats": m.timing_repeats,
                                    "peak_memory_mb": m.peak_memory_mb, "memory_kind": m.memory_kind,
                                    **judged, "example": m.texts[0][:300]})
             single = f" ({m.single_tokens_per_s:.0f} one at a time)" if m.single_tokens_per_s else ""
