@@ -101,6 +101,9 @@ def parallel_decoding(seq_len: int, full: bool = True) -> tuple[SamplerSetting, 
     confidence = [SamplerSetting("confidence", {"steps": seq_len // d, "block_length": block}) for d in (2, 4)]
     threshold = [SamplerSetting("threshold", {"threshold": th, "block_length": block, "cache": cache})
                  for th, cache in ((0.9, "dual"), (0.7, "none"), (0.7, "dual"), (0.5, "dual"))]
+    # ranked by the top probability, not the drawn value's: no lean to the mode (samplers/unmasking.py)
+    threshold += [SamplerSetting("threshold", {"threshold": th, "block_length": block, "cache": "dual", "score": "top"})
+                  for th in (0.9, 0.5)]
     remdm = [SamplerSetting("remdm", {"steps": seq_len, "schedule": "loop"}),
              SamplerSetting("remdm", {"steps": 4 * seq_len, "schedule": "cap"})]
     others = [SamplerSetting("first_hitting"),
@@ -111,11 +114,13 @@ def parallel_decoding(seq_len: int, full: bool = True) -> tuple[SamplerSetting, 
 
 
 def bd3(block_size: int, steps: tuple[int, ...], only: tuple[str, ...] = (),
-        thresholds: tuple[float, ...] = (0.9,)) -> Family:
+        thresholds: tuple[float, ...] = (0.9,), scores: tuple[str, ...] = ("sampled",)) -> Family:
     """Block diffusion at one block size: ancestral steps per block, and threshold decoding at each threshold
-    (a higher one spends more passes per block for likelier text), with the KV cache."""
+    (a higher one spends more passes per block for likelier text) and confidence score, with the KV cache."""
     settings = tuple(SamplerSetting("block", {"steps": s}) for s in steps)
-    threshold = tuple(SamplerSetting("block", {"rule": "threshold", "threshold": th}) for th in thresholds)
+    threshold = tuple(SamplerSetting("block", {"rule": "threshold", "threshold": th,
+                                               **({} if score == "sampled" else {"score": score})})
+                      for score in scores for th in thresholds)
     no_cache = SamplerSetting("block", {"steps": steps[0], "cache": False})
     return Family(f"bd3-{block_size}", {"name": "block", "block_size": block_size},
                   (*settings, *threshold, no_cache), only=only)
@@ -182,6 +187,7 @@ def bpe(vocab_size: int, **train) -> Tokenization:
 
 
 SMALL_BD3_THRESHOLDS = (0.99, 0.9, 0.7)  # threshold decoding from near-sequential to a few tokens per pass
+SMALL_BD3_SCORES = ("sampled", "top")  # Fast-dLLM's drawn-value confidence, and MaskGIT's top probability
 
 SUITES: dict[str, Suite] = {
     "quick": Suite(
@@ -206,8 +212,8 @@ SUITES: dict[str, Suite] = {
                     "(byte level: 4.9M tokens each; 4k BPE: 2.5M tokens, about 8.6M characters, each)",
         tokenizations=(BYTE, bpe(4096, steps=600)),
         families=(AR, mdlm((32, 128, 512), parallel_decoding(128)), *discrete_families((32, 128)),
-                  bd3(4, (4, 2, 1), only=("byte",), thresholds=SMALL_BD3_THRESHOLDS),
-                  bd3(16, (16, 8, 4), only=("byte",), thresholds=SMALL_BD3_THRESHOLDS),
+                  bd3(4, (4, 2, 1), only=("byte",), thresholds=SMALL_BD3_THRESHOLDS, scores=SMALL_BD3_SCORES),
+                  bd3(16, (16, 8, 4), only=("byte",), thresholds=SMALL_BD3_THRESHOLDS, scores=SMALL_BD3_SCORES),
                   diffusion_lm((32, 128, 512)), cdcd((32, 128, 512)), *edit_families((10, 20), (64, 128))),
         base={"data": {"source": "shakespeare", "seq_len": 128},
               "model": {"d_model": 256, "n_layers": 4, "n_heads": 4},
