@@ -138,7 +138,7 @@ def test_the_student_grid_and_the_round_plan():
         round_steps(8, 0)
 
 
-def test_distill_runs_rounds_that_load_and_sample(tmp_path):
+def test_distill_runs_rounds_that_load_and_sample(tmp_path, capsys):
     from textdiffusion.pipeline import Pipeline
     from textdiffusion.train.config import Config
     from textdiffusion.train.trainer import Trainer
@@ -150,9 +150,13 @@ def test_distill_runs_rounds_that_load_and_sample(tmp_path):
                             "run": {"out_dir": str(tmp_path / "teacher"), "log_every": 1, "eval_every": 0,
                                     "eval_batches": 1, "save_every": 2, "progress": False}})
     teacher = Trainer(cfg).run()
+    capsys.readouterr()
     logs: list[str] = []
     folders = distill(tmp_path / "teacher", tmp_path / "student", teacher_steps=4, rounds=2,
                       overrides=["train.steps=2", "train.lr=0.01"], log=logs.append)
+    printed = capsys.readouterr().out  # the log names the loss it trains: SDTT's KL, not the recipe's
+    assert "objective: SDTT, the KL from the teacher's 4-step output law to the student's 2-step one" in printed
+    assert "cross-entropy" not in printed
     assert folders == [tmp_path / "student" / f"round-{r}" / "checkpoint" for r in (1, 2)]
     rows = [json.loads(line) for line in (tmp_path / "student" / "round-2" / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("teacher_steps") == 2 and r.get("student_steps") == 1 for r in rows)

@@ -136,11 +136,17 @@ class DistillTrainer(FinetuneTrainer):
 
     def __init__(self, cfg: Config, teacher: str | Path, student_steps: int, resume: bool = False):
         folder = ckpt.resolve_model_dir(teacher)
+        self.student_steps = student_steps
         super().__init__(cfg, folder, resume=resume)
         self.process = SDTTObjective(self.process, load_teacher(folder, self.model, self.device), student_steps)
         if not resume:
             self._log({"step": 0, "distill_teacher": str(folder), "student_steps": student_steps,
                        "teacher_steps": 2 * student_steps})
+
+
+    def objective_line(self) -> str:
+        return (f"objective: SDTT, the KL from the teacher's {2 * self.student_steps}-step output law to the student's "
+                f"{self.student_steps}-step one (the recipe's loss is not used; val_nelbo is the bound)")
 
 
 def round_steps(teacher_steps: int, rounds: int) -> list[int]:

@@ -86,7 +86,7 @@ class Trainer:
         self.val, self.val_mask = val if isinstance(val, tuple) else (val, None)  # mask: SFT's replies
         if self.info.is_main:
             print(f"data: {self.split.describe(cfg.data.source)}", flush=True)
-            objective = describe_objective(cfg.process.recipe, self.process)
+            objective = self.objective_line()
             if objective:
                 print(objective, flush=True)
         self.noise_gen = torch.Generator().manual_seed(t.seed)
@@ -99,6 +99,11 @@ class Trainer:
         fit_spindle(self)  # masked-spindle: its schedule from the training corpus's token counts (no-op otherwise)
 
     # ---- set-up helpers -------------------------------------------------------------------
+
+    def objective_line(self) -> str | None:
+        """What the loss is, for the training log (None where the process has nothing to say)."""
+        return describe_objective(self.cfg.process.recipe, self.process)
+
     def build_model(self) -> tuple:
         """(model config, backbone); a hook for runs that start from another network (train/adapt_llama.py)."""
         model_cfg = model_config(self.cfg, self.tok, self.process)
