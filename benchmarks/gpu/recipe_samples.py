@@ -40,7 +40,17 @@ SETTINGS = {"mdlm": {"ancestral(steps=128)": ("ancestral", {"steps": 128}),
                             for th in (0.9, 0.7) for sc in ("sampled", "top", "margin", "entropy")},
             "scores-bd3": {f"block(threshold={th}, score={sc})": ("block", {"rule": "threshold", "threshold": th,
                                                                              "score": sc})
-                           for th in (0.9, 0.7) for sc in ("sampled", "top", "margin", "entropy")}}
+                           for th in (0.9, 0.7) for sc in ("sampled", "top", "margin", "entropy")},
+            # several tokens per pass (a fixed count, LLaDA's rule) ranked by either score, beside the fixed-order
+            # ancestral sampler at the same passes: the parallel end of the frontier
+            "parallel-mdlm": {"ancestral(steps=32)": ("ancestral", {"steps": 32}),
+                              **{f"confidence(steps=32, block 32, score={sc})":
+                                 ("confidence", {"steps": 32, "block_length": 32, "score": sc})
+                                 for sc in ("sampled", "top")}},
+            "parallel-bd3": {"block(steps=2)": ("block", {"steps": 2}),
+                             **{f"block(low_confidence, steps=2, score={sc})":
+                                ("block", {"rule": "low_confidence", "steps": 2, "score": sc})
+                                for sc in ("sampled", "top")}}}
 
 
 def sample_texts(run_dir: Path, sampler: str, options: dict, n: int, seed: int) -> list[str]:
