@@ -141,6 +141,19 @@ class ExactDenoiser(nn.Module):
         return self.table[seq_index(ids, self.n_values + 1)]  # advanced indexing: a fresh tensor
 
 
+class PaddedExact(torch.nn.Module):
+    """The exact posterior of a table as a block model: the recomputing view passes the clean
+    prefix and the noisy block; positions after it are unknown, i.e. [MASK] for the table."""
+
+    def __init__(self, exact: ExactDenoiser):
+        super().__init__()
+        self.exact, self.cfg = exact, type("Cfg", (), {"seq_len": exact.length, "time_conditioning": False})()
+
+    def forward(self, ids, t=None, attn_mask=None, positions=None):
+        pad = torch.full((len(ids), self.exact.length - ids.shape[1]), self.exact.mask_id)
+        return self.exact(torch.cat([ids, pad], dim=1))[:, : ids.shape[1]]
+
+
 # ---------------------------------------------------------------------------------------------
 # exact laws
 

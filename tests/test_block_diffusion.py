@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from analytic import ExactDenoiser, conditional_law
+from analytic import ExactDenoiser, PaddedExact, conditional_law
 from tiny_exact import N_VALUES, Z, assert_matches, assert_valid, masked_start, tiny_data
 
 from textdiffusion.errors import UserError
@@ -149,7 +149,7 @@ def test_time_conditioned_model_is_rejected():
 
 
 @pytest.mark.parametrize("block_size", [1, 3, 5, L])
-@pytest.mark.parametrize("rule", ["ancestral", "low_confidence", "threshold"])
+@pytest.mark.parametrize("rule", ["ancestral", "low_confidence", "threshold", "dilated"])
 def test_kv_cache_is_exact(model, block_size, rule):
     """Cached and recomputed sampling draw identical tokens (same seed), fixed tokens kept."""
     proc = BlockDiffusion(V, MASK_ID, block_size=block_size)
@@ -175,19 +175,6 @@ def test_cached_logits_equal_recomputed_logits(model):
             torch.testing.assert_close(cached.logits(noisy, lo, lo + 3, None),
                                        recomputed.logits(noisy, lo, lo + 3, None), atol=2e-5, rtol=1e-4)
             cached.finish(x, lo, lo + 3)
-
-
-class PaddedExact(torch.nn.Module):
-    """The exact posterior of a length-4 table as a block model: the recomputing view passes the clean
-    prefix and the noisy block; positions after it are unknown, i.e. [MASK] for the table."""
-
-    def __init__(self, exact: ExactDenoiser):
-        super().__init__()
-        self.exact, self.cfg = exact, type("Cfg", (), {"seq_len": exact.length, "time_conditioning": False})()
-
-    def forward(self, ids, t=None, attn_mask=None, positions=None):
-        pad = torch.full((len(ids), self.exact.length - ids.shape[1]), self.exact.mask_id)
-        return self.exact(torch.cat([ids, pad], dim=1))[:, : ids.shape[1]]
 
 
 def test_block_sampler_with_the_exact_posterior_samples_p_data():

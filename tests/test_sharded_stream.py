@@ -145,7 +145,7 @@ def test_two_processes_stream_their_own_shares_and_resume_exactly(tmp_path, corp
     docs = corpus.read_text().splitlines(keepends=True)
     for f in range(4):
         (four / f"part{f}.jsonl").write_text("".join(docs[f::4]))
-    overrides = ["run.progress=false", f"data.source=hf:{four}", "data.num_workers=2", "data.val_fraction=0.1",
+    overrides = ["run.progress=false", f"data.source=hf:{four}", "data.num_workers=2", "data.val_fraction=0.3",
                  "data.seq_len=32",
                  "train.steps=4", "train.batch_size=8", "train.warmup_steps=2", "train.precision=fp32",
                  "train.device=cpu", "run.log_every=1", "run.eval_every=2", "run.save_every=2", "run.sample_steps=2"]

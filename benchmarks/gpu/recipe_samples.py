@@ -50,7 +50,16 @@ SETTINGS = {"mdlm": {"ancestral(steps=128)": ("ancestral", {"steps": 128}),
             "parallel-bd3": {"block(steps=2)": ("block", {"steps": 2}),
                              **{f"block(low_confidence, steps=2, score={sc})":
                                 ("block", {"rule": "low_confidence", "steps": 2, "score": sc})
-                                for sc in ("sampled", "top")}}}
+                                for sc in ("sampled", "top")}},
+            # the dilated order (samplers/unmasking.py): log2(b) + 1 passes per block of b, never two neighbours
+            # in one pass, beside a random order with the same blocks and passes
+            "dilated-mdlm": {f"confidence({order}, block {b}{'' if order == 'dilated' else f', steps={steps}'})":
+                             ("confidence", {"remasking": order, "block_length": b, "steps": steps})
+                             for b, steps in ((4, 96), (8, 64), (16, 40), (32, 24), (128, 8))
+                             for order in ("dilated", "random")},
+            "dilated-bd3": {"block(dilated)": ("block", {"rule": "dilated"}),
+                            **{f"block(random, steps={steps})": ("block", {"rule": "random", "steps": steps})
+                               for steps in (3, 5)}}}
 
 
 def sample_texts(run_dir: Path, sampler: str, options: dict, n: int, seed: int) -> list[str]:

@@ -98,20 +98,21 @@ def measure(req: MeasureRequest) -> MeasureResult:
     def single() -> list:
         return [generate(1, req.seed + 10_000 + i) for i in range(req.single_samples)]
 
+    def seconds_of(outs: list) -> float:
+        return sum(out.seconds for out in outs)
+
     outs = batched()
     texts = [t for out in outs for t in out.texts]
     ids = [row for out in outs for row in out.ids.tolist()]
     nfe = sum(out.nfe for out in outs)
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
-    seconds, repeats = fastest(lambda: sum(o.seconds for o in batched()), sum(o.seconds for o in outs),
-                               req.min_timing_s)
+    seconds, repeats = fastest(lambda: seconds_of(batched()), seconds_of(outs), req.min_timing_s)
     n_tokens = sum(len(row) for row in ids)
     single_tps = None
     if req.single_samples:
         outs = single()
         single_tokens = sum(out.ids.numel() for out in outs)
-        single_seconds, _ = fastest(lambda: sum(o.seconds for o in single()), sum(o.seconds for o in outs),
-                                    req.min_timing_s)
+        single_seconds, _ = fastest(lambda: seconds_of(single()), seconds_of(outs), req.min_timing_s)
         single_tps = single_tokens / single_seconds
     return MeasureResult(texts, ids, seconds, nfe, n_tokens / max(seconds, 1e-9), seconds / len(texts), peak,
                          "cuda peak allocated" if cuda else "peak RSS", single_tps, repeats)

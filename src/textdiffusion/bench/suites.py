@@ -104,20 +104,25 @@ def parallel_decoding(seq_len: int, full: bool = True) -> tuple[SamplerSetting, 
     # ranked by the top probability, not the drawn value's: no lean to the mode (samplers/unmasking.py)
     threshold += [SamplerSetting("threshold", {"threshold": th, "block_length": block, "cache": "dual", "score": "top"})
                   for th in (0.9, 0.5)]
+    # a fixed dyadic order, never two neighbours in one pass: log2(block) + 1 passes per block
+    dilated = [SamplerSetting("confidence", {"remasking": "dilated", "block_length": block, "cache": cache})
+               for cache in ("none", "dual")] + [SamplerSetting("confidence", {"remasking": "dilated"})]
     remdm = [SamplerSetting("remdm", {"steps": seq_len, "schedule": "loop"}),
              SamplerSetting("remdm", {"steps": 4 * seq_len, "schedule": "cap"})]
     others = [SamplerSetting("first_hitting"),
               SamplerSetting("ancestral", {"steps": seq_len, "cache": False}, f"ancestral(steps={seq_len}, no cache)")]
     if not full:
         return confidence[0], threshold[2], remdm[0], others[0]
-    return (*confidence, *threshold, *remdm, *others)
+    return (*confidence, *threshold, *dilated, *remdm, *others)
 
 
-def bd3(block_size: int, steps: tuple[int, ...], only: tuple[str, ...] = (),
-        thresholds: tuple[float, ...] = (0.9,), scores: tuple[str, ...] = ("sampled",)) -> Family:
-    """Block diffusion at one block size: ancestral steps per block, and threshold decoding at each threshold
-    (a higher one spends more passes per block for likelier text) and confidence score, with the KV cache."""
+def bd3(block_size: int, steps: tuple[int, ...], only: tuple[str, ...] = (), thresholds: tuple[float, ...] = (0.9,),
+        scores: tuple[str, ...] = ("sampled",), dilated: bool = False) -> Family:
+    """Block diffusion at one block size: ancestral steps per block, the dilated order (`dilated`), and threshold
+    decoding at each threshold (a higher one spends more passes per block for likelier text) and confidence
+    score, with the KV cache."""
     settings = tuple(SamplerSetting("block", {"steps": s}) for s in steps)
+    settings += (SamplerSetting("block", {"rule": "dilated"}),) if dilated else ()
     threshold = tuple(SamplerSetting("block", {"rule": "threshold", "threshold": th,
                                                **({} if score == "sampled" else {"score": score})})
                       for score in scores for th in thresholds)
@@ -212,8 +217,10 @@ SUITES: dict[str, Suite] = {
                     "(byte level: 4.9M tokens each; 4k BPE: 2.5M tokens, about 8.6M characters, each)",
         tokenizations=(BYTE, bpe(4096, steps=600)),
         families=(AR, mdlm((32, 128, 512), parallel_decoding(128)), *discrete_families((32, 128)),
-                  bd3(4, (4, 2, 1), only=("byte",), thresholds=SMALL_BD3_THRESHOLDS, scores=SMALL_BD3_SCORES),
-                  bd3(16, (16, 8, 4), only=("byte",), thresholds=SMALL_BD3_THRESHOLDS, scores=SMALL_BD3_SCORES),
+                  bd3(4, (4, 2, 1), only=("byte",), thresholds=SMALL_BD3_THRESHOLDS, scores=SMALL_BD3_SCORES,
+                      dilated=True),
+                  bd3(16, (16, 8, 4), only=("byte",), thresholds=SMALL_BD3_THRESHOLDS, scores=SMALL_BD3_SCORES,
+                      dilated=True),
                   diffusion_lm((32, 128, 512)), cdcd((32, 128, 512)), *edit_families((10, 20), (64, 128))),
         base={"data": {"source": "shakespeare", "seq_len": 128},
               "model": {"d_model": 256, "n_layers": 4, "n_heads": 4},

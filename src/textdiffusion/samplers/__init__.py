@@ -40,7 +40,8 @@ SUMMARIES = {
     "d3pm": "D3PM models' default: denoise from the prior over the model's T steps, or `steps` of them",
     "sedd": "SEDD models' default: `steps` Euler steps, then a final denoising step",
     "sedd_analytic": "SEDD models: `steps` analytic (Tweedie tau-leaping) steps, then a final denoising step",
-    "confidence": "masked models: each step keeps the most confident tokens, a fixed number per step (LLaDA)",
+    "confidence": "masked models: each step keeps the most confident tokens, a fixed number per step (LLaDA); "
+                  "remasking=dilated: a fixed order that never reveals two neighbours in one step",
     "threshold": "masked models: each step keeps every token more confident than `threshold` (Fast-dLLM)",
     "block": "block diffusion models' default (and only sampler): one block at a time, left to right; "
              "writes past the model's length",

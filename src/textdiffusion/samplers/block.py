@@ -33,8 +33,8 @@ from .unmasking import Rule, View, denoise_block
 
 @dataclass
 class BlockConfig:
-    steps: int = 16  # denoising steps per block (unused by the "threshold" rule)
-    rule: str = "ancestral"  # or "low_confidence", "random", "threshold"
+    steps: int = 16  # denoising steps per block (unused by the "threshold" and "dilated" rules)
+    rule: str = "ancestral"  # or "low_confidence", "random", "threshold", "dilated" (samplers/unmasking.py)
     threshold: float = 0.9  # for rule "threshold"
     cache: bool = True  # exact KV cache of finished blocks
     stop_at_eos: bool | None = None  # None: stop only when writing past the model's length

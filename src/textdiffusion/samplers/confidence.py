@@ -4,6 +4,8 @@
   and keeps the most confident ones ("low_confidence" remasking: the rest go back to [MASK]) or a
   random subset ("random"), a fixed number per step. `block_length` splits the sequence into blocks
   decoded left to right (semi-autoregressive), `steps` split evenly among the blocks that have masks.
+  Remasking "dilated" reveals each block in a fixed dyadic order instead (never two neighbours in one
+  pass; samplers/unmasking.py): ceil(log2 block_length) + 1 passes per block, whatever `steps` says.
 * `threshold` -- Fast-dLLM's parallel decoding (Wu et al., 2025, Sec. 3.3): each step keeps every
   token whose confidence exceeds `threshold` (at least the most confident one), so easy spans
   finish in a few passes and the number of passes adapts to the text.
@@ -33,7 +35,7 @@ from .unmasking import VIEWS, Rule, denoise_block
 class ConfidenceConfig:
     steps: int = 64  # passes over the sequence, split evenly among its blocks
     block_length: int = 0  # 0: one block spanning the sequence; else semi-autoregressive blocks
-    remasking: str = "low_confidence"  # or "random"
+    remasking: str = "low_confidence"  # or "random", or "dilated" (a fixed dyadic order; steps unused)
     cache: str = "none"  # "prefix" or "dual": Fast-dLLM's approximate KV caches
     temperature: float = 1.0
     top_p: float = 1.0
@@ -78,7 +80,7 @@ def parallel_decode(model: nn.Module, process: MaskedDiffusion, x: torch.Tensor,
     mask_id = process.mask_id
     x = x.clone()
     blocks = blocks_with_masks(x, mask_id, block_length)
-    if rule.kind != "threshold" and blocks:
+    if rule.kind not in ("threshold", "dilated") and blocks:
         if rule.steps < len(blocks):
             raise UserError(f"steps ({rule.steps}) must be at least the number of blocks to decode ({len(blocks)}): "
                             "raise steps or block_length")
@@ -99,8 +101,8 @@ def confidence_sample(model: nn.Module, process: MaskedDiffusion, x: torch.Tenso
                       generator: torch.Generator | None = None, record_frames: bool = False,
                       on_step: Callable[[Frame], None] | None = None) -> SampleResult:
     """LLaDA decoding: a fixed number of tokens per step, the most confident (or random) ones."""
-    if cfg.remasking not in ("low_confidence", "random"):
-        raise UserError(f"remasking must be 'low_confidence' or 'random', got {cfg.remasking!r}")
+    if cfg.remasking not in ("low_confidence", "random", "dilated"):
+        raise UserError(f"remasking must be 'low_confidence', 'random' or 'dilated', got {cfg.remasking!r}")
     rule = Rule(cfg.remasking, cfg.steps, temperature=cfg.temperature, top_p=cfg.top_p, score=cfg.score)
     model = guided(model, x, process.mask_id, cfg.cfg_scale)
     return parallel_decode(model, process, x, rule, cfg.block_length, cfg.cache, generator, record_frames, on_step)

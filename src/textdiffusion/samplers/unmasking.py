@@ -9,6 +9,12 @@ A sampler is two choices:
     step (n // steps, the remainder in the first steps): those the model is most sure of, or random;
   - "threshold": Fast-dLLM (Wu et al., 2025, Sec. 3.3) -- every token whose confidence exceeds the
     threshold, and always the most confident one, so threshold 1.0 reveals one token per step.
+  - "dilated": a fixed dyadic order in the spirit of DUS (Luxembourg et al., 2025, "Plan for Speed:
+    Dilated Scheduling for Masked Diffusion LMs"): position 0 of the block, then its middle, then the
+    middles of the halves, ..., then every odd position -- ceil(log2 n) + 1 passes for a block of n. The
+    tokens revealed together are never adjacent: a revealed token lies between any two of them, so the
+    parallel draw is exact whenever tokens depend on each other only through their neighbours (a
+    first-order Markov chain), and only long-range dependence is cut.
 * a **view** that computes the block's logits: the whole sequence (`FullView`), or Fast-dLLM's
   approximate prefix / dual KV caches refreshed at each block start (`PrefixCacheView`,
   `DualCacheView`), or, for block diffusion, the exact cache of finished blocks (in `samplers.block`).
@@ -36,14 +42,14 @@ from torch import nn
 from ..errors import UserError
 from .base import FrameRecorder, sample_categorical, select_from_logits, store_rows
 
-RULES = ("ancestral", "low_confidence", "random", "threshold")
+RULES = ("ancestral", "low_confidence", "random", "threshold", "dilated")
 SCORES = ("sampled", "top", "margin", "entropy")
 
 
 @dataclass
 class Rule:
     kind: str = "low_confidence"
-    steps: int = 16  # steps per block (unused by "threshold", which runs until the block is full)
+    steps: int = 16  # steps per block (unused by "threshold", which runs until the block is full, and "dilated")
     threshold: float = 0.9
     temperature: float = 1.0
     top_p: float = 1.0
@@ -69,6 +75,19 @@ def reveal_counts(n_masked: torch.Tensor, steps: int) -> torch.Tensor:
     base, rest = n_masked // steps, n_masked % steps
     extra = torch.arange(steps, device=n_masked.device)[None, :] < rest[:, None]
     return base[:, None] + extra.long()
+
+
+def dilation_levels(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[n] the pass (0 .. ceil(log2 n)) at which the "dilated" rule reveals each position of a block.
+
+    Position j > 0 is an odd multiple of 2**z (z trailing zeros) and goes at pass m - z, m = ceil(log2 n):
+    between two positions of one pass lies an even multiple, which an earlier pass revealed."""
+    m = max(n - 1, 0).bit_length()
+    j = torch.arange(n, device=device)
+    trailing = torch.zeros(n, dtype=torch.long, device=device)
+    for z in range(1, m + 1):
+        trailing += (j % (1 << z) == 0).long()
+    return torch.where(j == 0, 0, m - trailing)
 
 
 def top_k_mask(score: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -207,13 +226,19 @@ def denoise_block(x: torch.Tensor, lo: int, hi: int, view: View, rule: Rule, mas
     if rule.kind == "ancestral":
         alphas = alpha(torch.linspace(1.0, 0.0, rule.steps + 1, dtype=torch.float64))
         alphas[-1] = 1.0  # the last step reveals every remaining token
+    elif rule.kind == "dilated":
+        levels = dilation_levels(hi - lo, x.device)
     elif rule.kind != "threshold":
         schedule = reveal_counts((block == mask_id).sum(1), rule.steps)
-    step = 0
+    max_steps = {"threshold": hi - lo, "dilated": hi - lo}.get(rule.kind, rule.steps)
+    step = level = 0
     while (block == mask_id).any():
         masked = block == mask_id
-        if step >= (hi - lo if rule.kind == "threshold" else rule.steps):  # each rule reveals >= 1 per step
+        if step >= max_steps:  # each rule reveals >= 1 per step
             raise RuntimeError("the block still has masks after its last step")
+        if rule.kind == "dilated":  # skip passes with nothing to reveal (fixed tokens of a prompt)
+            while not bool((masked & (levels == level)).any()):
+                level += 1
         # The ancestral rule reuses a row's logits while it is unchanged (MDLM's caching trick); the
         # others reveal at least one token per row per step, so every row with masks is recomputed.
         need = masked.any(1) & (stale if rule.kind == "ancestral" else torch.ones_like(stale))
@@ -226,6 +251,9 @@ def denoise_block(x: torch.Tensor, lo: int, hi: int, view: View, rule: Rule, mas
             p = float((alphas[step + 1] - alphas[step]) / (1 - alphas[step]))
             u = torch.rand(masked.shape, dtype=torch.float64, device=x.device, generator=generator)
             reveal = masked & (u < p)
+        elif rule.kind == "dilated":
+            reveal = masked & (levels == level)
+            level += 1
         elif rule.kind == "threshold":
             score = torch.where(masked, confidence, float("-inf"))
             reveal = (masked & (confidence > rule.threshold)) | top_k_mask(score, masked.any(1).long())
