@@ -23,6 +23,8 @@ SETTINGS = [  # (process, process options, causal model, sampler, sampler option
     ("masked", {}, False, "ancestral", {"steps": 128}),
     ("block", {"block_size": 4}, False, "block", {"steps": 4}),
     ("block", {"block_size": 4}, False, "block", {"steps": 1}),
+    ("block", {"block_size": 16}, False, "block", {"rule": "dilated"}),  # 5 passes per block of 16
+    ("masked", {}, False, "confidence", {"remasking": "dilated"}),  # 8 passes over 128 positions
 ]
 
 
