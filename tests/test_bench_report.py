@@ -33,6 +33,13 @@ def test_headline_without_a_match_names_the_closest_and_the_fastest():
     assert "no diffusion setting matches" in text
     assert "Closest at AR's entropy: mdlm b, judge ppl 20.00 (2.00x AR's) at 3.00x" in text
     assert "fastest: mdlm a, 5.00x" in text
+    # the best at AR's entropy among the settings at least 1x / 2x as fast as AR (b is both; a is worse)
+    assert "at AR's entropy and >= 2x its tokens/s: mdlm b, judge ppl 20.00 (2.00x AR's)" in text
+    slow = headline(tok(sample("b", 1500, 20.0, 3.01), sample("c", 900, 12.0, 3.0), sample("d", 3000, 40.0, 3.0)))
+    assert "at AR's entropy and >= 1x its tokens/s: mdlm b, judge ppl 20.00" in slow
+    assert "at AR's entropy and >= 2x its tokens/s: mdlm d, judge ppl 40.00 (4.00x AR's)" in slow
+    assert "none at AR's entropy" not in slow
+    assert "none at AR's entropy and >= 2x its tokens/s" in headline(tok(sample("c", 900, 12.0, 3.0)))
     # the likeliest setting is named too, with what it costs in entropy (2.0 vs AR's 3.0: -33%)
     assert "closest in judge ppl: mdlm greedy, 11.00 (1.10x AR's) at -33% entropy and 4.00x AR's tokens/s" in text
     assert headline(t, "single_tokens_per_s") is None  # no single-sequence numbers were measured

@@ -167,6 +167,14 @@ def headline(tok: dict, speed: str = "tokens_per_s", judge: str | None = None, p
         text += (f"Closest at AR's entropy: {name} {s['setting']}, judge ppl {_f(ppl(s))} "
                  f"({ppl(s) / q_ar['judge_ppl']:.2f}x AR's) at {s[speed] / ar[speed]:.2f}x "
                  "AR's tokens/s; ")
+        for speedup in (1, 2):  # the frontier at AR's entropy where diffusion is at least as fast as AR
+            fast_enough = [(n, r) for n, r in diverse if r[speed] >= speedup * ar[speed]]
+            if fast_enough:
+                name, s = min(fast_enough, key=lambda r: ppl(r[1]))
+                text += (f"at AR's entropy and >= {speedup}x its tokens/s: {name} {s['setting']}, judge ppl "
+                         f"{_f(ppl(s))} ({ppl(s) / q_ar['judge_ppl']:.2f}x AR's); ")
+            else:
+                text += f"none at AR's entropy and >= {speedup}x its tokens/s; "
     else:
         text += "No setting is within the entropy tolerance; "
     near_name, near = min(rows, key=lambda r: ppl(r[1]))
