@@ -15,6 +15,7 @@ from textdiffusion.models import ModelConfig, Transformer
 from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes import BlockDiffusion
 from textdiffusion.train import checkpoint as ckpt
+from textdiffusion.train.recipes import LATEST as LATEST_RECIPE
 
 
 def test_block_denoiser_at_block_size_1_attends_like_the_ar_model():
@@ -40,10 +41,17 @@ def test_adapt_to_block_diffusion_from_the_ar_weights(tmp_path, capsys):
     ar_dir, out = tmp_path / "ar", tmp_path / "bd3"
     assert main(["train", "--config", "tiny", "--out", str(ar_dir), "process.name=autoregressive",
                  *tiny_overrides(corpus, steps=2, every=2)]) == 0
+    # an AR run saved before training recipes existed: its config reads as recipe 1 (LEGACY_DEFAULTS)
+    config_file = ar_dir / "checkpoint" / ckpt.CONFIG_FILE
+    stored = json.loads(config_file.read_text())
+    del stored["train_config"]["process"]["recipe"]
+    config_file.write_text(json.dumps(stored))
     assert main(["adapt", "--from", str(ar_dir), "--out", str(out), "--block-size", "4", "train.steps=2",
                  "train.lr=1e-12", "train.ema_decay=0"]) == 0
     saved = ckpt.read_config(out / "checkpoint")
     assert saved["process"]["name"] == "block" and saved["process"]["block_size"] == 4
+    # the adapted run is a new process: it trains today's recipe (D3PM's cross-entropy term), not the legacy one
+    assert saved["train_config"]["process"]["recipe"] == LATEST_RECIPE and saved["process"]["ce_lambda"] == 10.0
     assert saved["model"]["causal"] is False
     ar_weights = ckpt.load_weights(ar_dir / "checkpoint" / ckpt.EMA_FILE)
     adapted = ckpt.load_weights(out / "checkpoint" / ckpt.WEIGHTS_FILE)

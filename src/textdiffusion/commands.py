@@ -153,6 +153,7 @@ def cmd_prepare(args) -> None:
 def cmd_adapt(args) -> None:
     from .train.adapt import AdaptTrainer, source_kind
     from .train.config import load_config, load_run_config
+    from .train.recipes import LATEST as LATEST_RECIPE
 
     kind = source_kind(args.ar_model)
     ours = kind == "ours"
@@ -163,8 +164,10 @@ def cmd_adapt(args) -> None:
         process = ["process.name=block", f"process.block_size={args.block_size}"]
     if args.resume:  # the adapted run's own saved config
         cfg = load_run_config(args.out, [*args.overrides])
-    elif ours:  # the AR run's config (data, tokenizer, model shape), as a logit-shifted masked model
-        cfg = load_run_config(args.ar_model, [*process, f"run.out_dir={args.out}", *args.overrides])
+    elif ours:  # the AR run's config (data, tokenizer, model shape), as a logit-shifted masked model; a new
+        # process, so today's training recipe even where the AR run's config predates recipes (read as recipe 1)
+        cfg = load_run_config(args.ar_model, [*process, f"process.recipe={LATEST_RECIPE}", f"run.out_dir={args.out}",
+                                              *args.overrides])
     else:  # a pretrained causal LM: data and training from --config, the network and tokenizer its own
         cfg = load_config(args.config, [*process, f"run.out_dir={args.out}", *args.overrides])
     if ours:
