@@ -27,8 +27,8 @@ from common import machine_info, markdown_table  # noqa: E402  (benchmarks/commo
 
 def measure_rows(label: str, folder: Path, settings, suite, judge, val, workdir: Path) -> dict:
     """The bench's numbers for one model: its bound on `val` and one row per sampler setting."""
-    from textdiffusion.bench.evaluate import judge_texts
-    from textdiffusion.bench.measure import MeasureRequest, measure_in_subprocess
+    from textdiffusion.bench.evaluate import judge_texts, request
+    from textdiffusion.bench.measure import measure_in_subprocess
     from textdiffusion.pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(folder, device="cpu", precision="auto")
@@ -36,10 +36,7 @@ def measure_rows(label: str, folder: Path, settings, suite, judge, val, workdir:
     print(f"[{label}] test NLL {lik.nats_per_token:.4f} ± {lik.stderr:.4f} nats/token", file=sys.stderr, flush=True)
     samples = []
     for setting in settings:
-        req = MeasureRequest(model=str(folder), sampler=setting.sampler, options=dict(setting.options),
-                             num_samples=suite.num_samples, batch=suite.sample_batch, seed=0, device="cpu",
-                             precision="auto", single_samples=suite.single_samples, min_timing_s=suite.min_timing_s)
-        m = measure_in_subprocess(req, workdir)
+        m = measure_in_subprocess(request(suite, folder, setting, "cpu"), workdir)
         samples.append({"setting": setting.name(), "options": setting.options,
                         "nfe_per_batch": m.nfe / math.ceil(suite.num_samples / suite.sample_batch),
                         "tokens_per_s": m.tokens_per_s, "single_tokens_per_s": m.single_tokens_per_s,

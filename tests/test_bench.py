@@ -77,6 +77,10 @@ def test_suite_trains_measures_and_writes_everything(suite, tmp_path):
     assert "older text that must survive" in text and text.count("<!-- bench:test:start -->") == 1
     assert "| mdlm | ancestral(steps=4) |" in text and "mdlm / AR test perplexity" in text
     assert "**headline (batched):" in text and "**headline (one sequence at a time):" in text
+    # AR, timed first, is timed again after the last family: the drift bounds what a ratio across the run means
+    end = ar["timing_end"]
+    assert end["setting"] == "ar (KV cache)" and end["tokens_per_s"] > 0 and end["single_tokens_per_s"] > 0
+    assert "timing drift: AR with its KV cache, timed first and again after the last family" in text
     # a second run reuses the trained models and replaces the section instead of appending another. It names
     # the judge's folder as an extra judge, which must agree with the main judge (the same model) exactly, as
     # both score each text alone in fp32; and the AR baseline's folder, which must score every row but its own

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from textdiffusion.bench import suites
-from textdiffusion.bench.report import headline, suite_markdown
+from textdiffusion.bench.report import headline, suite_markdown, timing_drift
 from textdiffusion.bench.run import merge_results
 
 
@@ -102,3 +102,11 @@ def test_report_table_has_a_column_pair_per_extra_judge():
     assert "| 12.00 | 3.100 | n/a | 0.800 | 0.010 | 49.00 | 4.100 |" in text  # the reference row (no MAUVE)
     assert "| mdlm | b |" in text and "| 52.00 | 4.050 |" in text
     assert "headline (batched, judged by neutral): 3.00x" in text
+
+
+def test_timing_drift_compares_ar_timed_first_and_last():
+    t = tok(sample("b", 3000, 20.0, 3.01))
+    assert timing_drift(t) is None  # AR was not timed again (it ran alone, or before this was recorded)
+    t["models"]["ar"]["timing_end"] = {"setting": "ar (KV cache)", "tokens_per_s": 900, "single_tokens_per_s": 230}
+    text = timing_drift(t)
+    assert "1,000 -> 900 tok/s batched (-10%)" in text and "200 -> 230 tok/s one sequence at a time (+15%)" in text

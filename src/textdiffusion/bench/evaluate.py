@@ -39,6 +39,13 @@ def read_curve(run_folder: Path) -> list[dict]:
     return [{k: r[k] for k in keep if k in r} for r in rows if "loss" in r or "val_nelbo" in r]
 
 
+def request(suite: Suite, folder: Path, setting, device: str) -> MeasureRequest:
+    """How the suite times and samples one setting of one model."""
+    return MeasureRequest(model=str(folder), sampler=setting.sampler, options=dict(setting.options),
+                          num_samples=suite.num_samples, batch=suite.sample_batch, seed=0, device=device,
+                          precision="auto", single_samples=suite.single_samples, min_timing_s=suite.min_timing_s)
+
+
 def judge_texts(judge: Judge, texts: list[str]) -> dict:
     scored = judge.score(texts)
     return {"judge": judge.name, "judge_ppl": scored.perplexity, "judge_nats_per_token": scored.nats_per_token,
@@ -90,6 +97,7 @@ def evaluate_tokenization(suite: Suite, tok, root: Path, overrides: list[str], j
     log(f"[{suite.name}/{tok.name}] judge {judge.name} ({judge_info['kind']}): validation text ppl "
         f"{out['reference']['judge_ppl']:.2f}, entropy {out['reference']['unigram_entropy']:.3f}, "
         f"MAUVE of other held-out text {out['reference']['mauve']:.3f}")
+    workdir = root / suite.name / tok.name / "measure"
     for fam in fams:
         name, pipe = fam.name, pipes[fam.name]
         stored = json.loads((folders[name] / "config.json").read_text())
@@ -110,11 +118,7 @@ def evaluate_tokenization(suite: Suite, tok, root: Path, overrides: list[str], j
                                   "sampler": res.sampler, "sampler_options": fam.infill})
             log(f"    infill span {span}: NLL {res.nll.nats_per_token:.3f}, accuracy {res.accuracy:.3f}")
         for setting in fam.settings:
-            req = MeasureRequest(model=str(folders[name]), sampler=setting.sampler, options=dict(setting.options),
-                                 num_samples=suite.num_samples, batch=suite.sample_batch, seed=0, device=device,
-                                 precision="auto", single_samples=suite.single_samples,
-                                 min_timing_s=suite.min_timing_s)
-            m = measure_in_subprocess(req, root / suite.name / tok.name / "measure")
+            m = measure_in_subprocess(request(suite, folders[name], setting, device), workdir)
             judged = {**judge_all(judge, others, m.texts, own[name]),
                       "mauve": mauve_score(featurize, p_features, m.texts)}
             row["samples"].append({"setting": setting.name(), "sampler": setting.sampler, "options": setting.options,
@@ -129,6 +133,12 @@ def evaluate_tokenization(suite: Suite, tok, root: Path, overrides: list[str], j
             log(f"    {setting.name():28s} {m.tokens_per_s:9.0f} tok/s{single}  judge ppl {judged['judge_ppl']:8.2f}  "
                 f"entropy {judged['unigram_entropy']:.3f}  MAUVE {judged['mauve']:.3f}{extra}")
         out["models"][name] = row
+    if "ar" in out["models"] and len(out["models"]) > 1:  # AR was timed first: again now, to show the drift
+        kv = next(f for f in fams if f.name == "ar").settings[0]
+        m = measure_in_subprocess(request(suite, folders["ar"], kv, device), workdir)
+        out["models"]["ar"]["timing_end"] = {"setting": kv.name(), "tokens_per_s": m.tokens_per_s,
+                                             "single_tokens_per_s": m.single_tokens_per_s}
+        log(f"    {kv.name()} timed again after the last family: {m.tokens_per_s:.0f} tok/s")
     del pipes
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

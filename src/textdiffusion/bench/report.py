@@ -91,7 +91,8 @@ def tokenization_markdown(tok: dict) -> str:
     lines.append("")
     tops = [headline(tok, speed, judge) for judge in (None, *others)
             for speed in ("tokens_per_s", "single_tokens_per_s")]
-    lines += [f"- {line}" for line in [t for t in tops if t] + ratios(tok)] + [""]
+    drift = timing_drift(tok)
+    lines += [f"- {line}" for line in [t for t in tops if t] + ([drift] if drift else []) + ratios(tok)] + [""]
     return "\n".join(lines)
 
 
@@ -108,9 +109,9 @@ def ratios(tok: dict) -> list[str]:
     models = tok["models"]
     if "ar" not in models:
         return []
-    ar = models["ar"]
-    ar_ppl = math.exp(ar["likelihood"]["nats_per_token"])
-    ar_speed = max((s["tokens_per_s"] for s in ar["samples"] if s["options"].get("cache", True)), default=None)
+    ar_ppl = math.exp(models["ar"]["likelihood"]["nats_per_token"])
+    kv = ar_kv_cache(tok)
+    ar_speed = kv["tokens_per_s"] if kv else None
     out = []
     for name, m in models.items():
         if name == "ar":
@@ -123,8 +124,25 @@ def ratios(tok: dict) -> list[str]:
             best = max(m["samples"], key=lambda s: s["tokens_per_s"])
             out.append(f"fastest {name} setting ({best['setting']}) vs AR with KV cache: "
                        f"{best['tokens_per_s'] / ar_speed:.2f}x the tokens/s, judge ppl {best['judge_ppl']:.2f} vs "
-                       f"{next(s['judge_ppl'] for s in ar['samples'] if s['options'].get('cache', True)):.2f}")
+                       f"{kv['judge_ppl']:.2f}")
     return out
+
+
+def ar_kv_cache(tok: dict) -> dict | None:
+    """The AR baseline's KV-cache row: what every speed ratio is taken against."""
+    return next((s for s in tok["models"].get("ar", {}).get("samples", []) if s["options"].get("cache", True)), None)
+
+
+def timing_drift(tok: dict) -> str | None:
+    """How much AR's speed moved between its timing (first) and a second one after the last family."""
+    end, ar = tok["models"].get("ar", {}).get("timing_end"), ar_kv_cache(tok)
+    if not end or ar is None:
+        return None
+    moves = [f"{_f(ar[key], 0)} -> {_f(end[key], 0)} tok/s {regime} ({end[key] / ar[key] - 1:+.0%})"
+             for key, regime in (("tokens_per_s", "batched"), ("single_tokens_per_s", "one sequence at a time"))
+             if ar.get(key) and end.get(key)]
+    return ("timing drift: AR with its KV cache, timed first and again after the last family: " + "; ".join(moves)
+            + ". A ratio between rows timed far apart in the run carries about that much error.")
 
 
 def headline(tok: dict, speed: str = "tokens_per_s", judge: str | None = None, ppl_tolerance: float = 0.10,
@@ -133,7 +151,7 @@ def headline(tok: dict, speed: str = "tokens_per_s", judge: str | None = None, p
     fastest diffusion setting whose judge perplexity is within 10% of the AR baseline's (KV cache)
     and whose entropy is within 2% of it, over AR's. `judge` names an extra judge (default: the main one)."""
     models = tok["models"]
-    ar = next((s for s in models.get("ar", {}).get("samples", []) if s["options"].get("cache", True)), None)
+    ar = ar_kv_cache(tok)
     if ar is None or not ar.get(speed):
         return None
     rows = [(name, s) for name, m in models.items() if name != "ar" for s in m["samples"] if s.get(speed)]
