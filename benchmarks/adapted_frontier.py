@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from common import machine_info, markdown_table  # noqa: E402  (benchmarks/commo
 
 def measure_rows(label: str, folder: Path, settings, suite, judge, val, workdir: Path) -> dict:
     """The bench's numbers for one model: its bound on `val` and one row per sampler setting."""
-    from textdiffusion.bench.evaluate import judge_texts, request
+    from textdiffusion.bench.evaluate import judge_texts, request, timing_row
     from textdiffusion.bench.measure import measure_in_subprocess
     from textdiffusion.pipeline import Pipeline
 
@@ -37,10 +36,7 @@ def measure_rows(label: str, folder: Path, settings, suite, judge, val, workdir:
     samples = []
     for setting in settings:
         m = measure_in_subprocess(request(suite, folder, setting, "cpu"), workdir)
-        samples.append({"setting": setting.name(), "options": setting.options,
-                        "nfe_per_batch": m.nfe / math.ceil(suite.num_samples / suite.sample_batch),
-                        "tokens_per_s": m.tokens_per_s, "single_tokens_per_s": m.single_tokens_per_s,
-                        **judge_texts(judge, m.texts), "example": m.texts[0][:200]})
+        samples.append({**timing_row(suite, setting, m), **judge_texts(judge, m.texts), "example": m.texts[0][:200]})
         print(f"[{label}] {setting.name()}: {m.tokens_per_s:.0f} tok/s, judge ppl {samples[-1]['judge_ppl']:.2f}",
               file=sys.stderr, flush=True)
     return {"folder": str(folder), "nll": lik.nats_per_token, "nll_stderr": lik.stderr, "exact": lik.exact,
@@ -77,6 +73,7 @@ def main() -> None:
               f"bd3-{args.block_size} (from AR)": measure_rows("adapted", args.adapted, settings, suite, judge, val,
                                                                workdir)}
     ar = models["ar"]["samples"][0]
+
     def vs_ar(s: dict) -> str:
         return " / ".join(f"{s[k] / ar[k]:.2f}x" for k in ("tokens_per_s", "single_tokens_per_s"))
 

@@ -24,7 +24,7 @@ from ..eval.mauve import mauve_from_features
 from ..pipeline import Pipeline
 from ..train.trainer import validation_chunks
 from .judges import EXCLUDED, extra_judges, generated_by, main_judge, mauve_featurizer
-from .measure import MeasureRequest, measure_in_subprocess
+from .measure import MeasureRequest, MeasureResult, measure_in_subprocess
 from .runs import ensure_trained, run_config
 from .suites import Suite
 
@@ -44,6 +44,15 @@ def request(suite: Suite, folder: Path, setting, device: str) -> MeasureRequest:
     return MeasureRequest(model=str(folder), sampler=setting.sampler, options=dict(setting.options),
                           num_samples=suite.num_samples, batch=suite.sample_batch, seed=0, device=device,
                           precision="auto", single_samples=suite.single_samples, min_timing_s=suite.min_timing_s)
+
+
+def timing_row(suite: Suite, setting, m: MeasureResult) -> dict:
+    """A sample row's setting, passes, speed and memory (its quality numbers are added by the caller)."""
+    return {"setting": setting.name(), "sampler": setting.sampler, "options": setting.options,
+            "nfe_per_batch": m.nfe / math.ceil(suite.num_samples / suite.sample_batch),
+            "tokens_per_s": m.tokens_per_s, "seconds_per_sample": m.seconds_per_sample,
+            "single_tokens_per_s": m.single_tokens_per_s, "timing_repeats": m.timing_repeats,
+            "peak_memory_mb": m.peak_memory_mb, "memory_kind": m.memory_kind}
 
 
 def judge_texts(judge: Judge, texts: list[str]) -> dict:
@@ -121,12 +130,7 @@ def evaluate_tokenization(suite: Suite, tok, root: Path, overrides: list[str], j
             m = measure_in_subprocess(request(suite, folders[name], setting, device), workdir)
             judged = {**judge_all(judge, others, m.texts, own[name]),
                       "mauve": mauve_score(featurize, p_features, m.texts)}
-            row["samples"].append({"setting": setting.name(), "sampler": setting.sampler, "options": setting.options,
-                                   "nfe_per_batch": m.nfe / math.ceil(suite.num_samples / suite.sample_batch),
-                                   "tokens_per_s": m.tokens_per_s, "seconds_per_sample": m.seconds_per_sample,
-                                   "single_tokens_per_s": m.single_tokens_per_s, "timing_repeats": m.timing_repeats,
-                                   "peak_memory_mb": m.peak_memory_mb, "memory_kind": m.memory_kind,
-                                   **judged, "example": m.texts[0][:300]})
+            row["samples"].append({**timing_row(suite, setting, m), **judged, "example": m.texts[0][:300]})
             single = f" ({m.single_tokens_per_s:.0f} one at a time)" if m.single_tokens_per_s else ""
             extra = "".join(f"; {n}: ppl {j['judge_ppl']:.2f}, entropy {j['unigram_entropy']:.3f}"
                             for n, j in judged["other_judges"].items())

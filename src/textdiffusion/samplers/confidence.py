@@ -80,7 +80,7 @@ def parallel_decode(model: nn.Module, process: MaskedDiffusion, x: torch.Tensor,
     mask_id = process.mask_id
     x = x.clone()
     blocks = blocks_with_masks(x, mask_id, block_length)
-    if rule.kind not in ("threshold", "dilated") and blocks:
+    if rule.fixed_steps and blocks:
         if rule.steps < len(blocks):
             raise UserError(f"steps ({rule.steps}) must be at least the number of blocks to decode ({len(blocks)}): "
                             "raise steps or block_length")

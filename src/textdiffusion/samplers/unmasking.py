@@ -55,6 +55,12 @@ class Rule:
     top_p: float = 1.0
     score: str = "sampled"  # what ranks positions: one of SCORES
 
+    @property
+    def fixed_steps(self) -> bool:
+        """Whether `steps` sets the passes per block ("threshold" runs until the block is full, "dilated" takes
+        ceil(log2 n) + 1)."""
+        return self.kind not in ("threshold", "dilated")
+
     def check(self) -> None:
         if self.kind not in RULES:
             raise UserError(f"unknown unmasking rule {self.kind!r}: choose one of {', '.join(RULES)}")
@@ -230,7 +236,7 @@ def denoise_block(x: torch.Tensor, lo: int, hi: int, view: View, rule: Rule, mas
         levels = dilation_levels(hi - lo, x.device)
     elif rule.kind != "threshold":
         schedule = reveal_counts((block == mask_id).sum(1), rule.steps)
-    max_steps = {"threshold": hi - lo, "dilated": hi - lo}.get(rule.kind, rule.steps)
+    max_steps = rule.steps if rule.fixed_steps else hi - lo
     step = level = 0
     while (block == mask_id).any():
         masked = block == mask_id
