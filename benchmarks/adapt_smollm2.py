@@ -61,8 +61,8 @@ def probe(args) -> tuple[float, float]:
 
 
 def judge_samples(folder: Path, args) -> dict:
+    from textdiffusion.api.pipeline import Pipeline
     from textdiffusion.eval.judge import load_judge
-    from textdiffusion.pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(folder, device="cpu")
     out = pipe.generate(num_samples=args.samples, length=args.seq_len, steps=args.sample_steps, seed=0)

@@ -74,7 +74,7 @@ def make_trainer(args, label: str) -> Trainer:
 
 def final_nelbo(trainer: Trainer, t_samples: int) -> tuple[float, float]:
     """The trained model's validation NELBO with `t_samples` noise draws per sequence (nats/token, stderr)."""
-    from textdiffusion.eval.likelihood import nelbo
+    from textdiffusion.processes.likelihood import nelbo
 
     with trainer._autocast():
         res = nelbo(trainer.inference_model(), trainer.process, trainer.val, t_samples=t_samples,
@@ -83,8 +83,8 @@ def final_nelbo(trainer: Trainer, t_samples: int) -> tuple[float, float]:
 
 
 def judge(folder: Path, args) -> dict:
+    from textdiffusion.api.pipeline import Pipeline
     from textdiffusion.eval.judge import load_judge
-    from textdiffusion.pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(folder, device="cpu")
     texts = [t.strip() for t in pipe.generate(num_samples=args.samples, steps=args.sample_steps, seed=0).texts]

@@ -26,9 +26,9 @@ from common import machine_info, markdown_table  # noqa: E402  (benchmarks/commo
 
 def measure_rows(label: str, folder: Path, settings, suite, judge, val, workdir: Path) -> dict:
     """The bench's numbers for one model: its bound on `val` and one row per sampler setting."""
+    from textdiffusion.api.pipeline import Pipeline
     from textdiffusion.bench.evaluate import judge_texts, request, timing_row
     from textdiffusion.bench.measure import measure_in_subprocess
-    from textdiffusion.pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(folder, device="cpu", precision="auto")
     lik = pipe.likelihood(val, t_samples=suite.t_samples, seed=0, batch_size=suite.sample_batch)
@@ -51,10 +51,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the numbers here")
     args = ap.parse_args()
 
+    from textdiffusion.api.pipeline import Pipeline
     from textdiffusion.bench.report import headline
     from textdiffusion.bench.suites import get_suite
     from textdiffusion.eval.judge import load_judge
-    from textdiffusion.pipeline import Pipeline
     from textdiffusion.train.config import load_run_config
     from textdiffusion.train.trainer import validation_chunks
 

@@ -34,8 +34,8 @@ from textdiffusion.data.corpus import iter_documents, plan_split
 from textdiffusion.data.tokenizers import load_tokenizer
 from textdiffusion.train.config import load_config
 from textdiffusion.train.distributed import DistInfo
-from textdiffusion.train.prepare import batches as prepared_batches
 from textdiffusion.train.prepare import prepare
+from textdiffusion.train.setup import prepared_batches
 from textdiffusion.train.streams import stream_batches
 
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from common import command_line, machine_line, markdown_table  # benchmarks/common.py, next to this script
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.eval.diversity import diversity_report
 from textdiffusion.eval.judge import load_judge
 from textdiffusion.eval.mauve import mauve_from_features
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.pretrained import DEFAULT_MODEL
 from textdiffusion.train import checkpoint as ckpt
 from textdiffusion.train.config import Config

@@ -23,11 +23,11 @@ from common import markdown_table  # benchmarks/common.py, next to this script
 from edit_compare_train import data
 from edit_mdlm_baseline import mdlm_editor
 
-from textdiffusion.edits import levenshtein
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.eval.editing import KINDS, error_kind, evaluate_editor
 from textdiffusion.eval.judge import load_judge
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.pretrained import DEFAULT_MODEL
+from textdiffusion.processes.alignment import levenshtein
 
 
 def diffuser_editor(pipe: Pipeline, steps: int, t_start: float, beam: int = 1,

@@ -25,11 +25,11 @@ import time
 import torch
 import torch.nn.functional as F
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.data.corpus import iter_documents
 from textdiffusion.data.tokenizers import ByteTokenizer
 from textdiffusion.eval.editing import held_out_lines, noisy_chain, training_lines
 from textdiffusion.models.transformer import ModelConfig, Transformer
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes.autoregressive import Autoregressive
 from textdiffusion.processes.edit import N_OPS, Diffuser
 from textdiffusion.train.optim import build_optimizer, lr_at

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import torch
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.data.corpus import iter_documents
 from textdiffusion.eval.editing import evaluate_editor, held_out_lines
-from textdiffusion.pipeline import Pipeline
 
 
 def mdlm_editor(pipe: Pipeline, tau: float) -> Callable[[list[str]], list[str]]:

@@ -6,9 +6,9 @@ import time
 
 import torch
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.data.corpus import iter_documents
 from textdiffusion.eval.editing import evaluate_editor, held_out_lines
-from textdiffusion.pipeline import Pipeline
 
 torch.set_num_threads(1)
 run, n_lines = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 100

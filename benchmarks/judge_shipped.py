@@ -18,11 +18,11 @@ import time
 import torch
 from common import markdown_table, record  # benchmarks/common.py, next to this script
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.data.corpus import iter_documents
 from textdiffusion.data.packing import iter_chunks
 from textdiffusion.eval.diversity import diversity_report
 from textdiffusion.eval.judge import load_judge
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.pretrained import DEFAULT_MODEL
 
 

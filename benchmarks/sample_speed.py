@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from common import machine_line, markdown_table, record  # benchmarks/common.py, next to this script
 
-from textdiffusion.errors import UserError
+from textdiffusion.api.pipeline import Pipeline
+from textdiffusion.core.errors import UserError
 from textdiffusion.models import Transformer
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes import build_process
 from textdiffusion.train import checkpoint as ckpt
 from textdiffusion.train.config import load_config

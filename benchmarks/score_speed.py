@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from common import machine_line, markdown_table, record  # benchmarks/common.py, next to this script
 
-from textdiffusion.eval.likelihood import nelbo
-from textdiffusion.pipeline import Pipeline
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.pretrained import DEFAULT_MODEL
+from textdiffusion.processes.likelihood import nelbo
 
 CORPUS = Path(__file__).resolve().parent.parent / "src" / "textdiffusion" / "corpora" / "shakespeare"
 

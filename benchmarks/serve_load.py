@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 from common import command_line, machine_line, markdown_table, record, utc_now
 
-from textdiffusion.pipeline import Pipeline
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.pretrained import DEFAULT_MODEL
 
 PROMPTS = ["ROMEO.\n", "KING.\nWhat say you", "To be, or not to be", "HAMLET.\n", "", "First Citizen.\nWe are",

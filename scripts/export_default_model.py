@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.data.corpus import iter_documents
 from textdiffusion.data.packing import pack_tensor
-from textdiffusion.eval.likelihood import nelbo
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.pretrained import DEFAULT_MODEL
+from textdiffusion.processes.likelihood import nelbo
 
 TOKENIZER_TEXT = {"bpe": "byte-level BPE trained on the training split", "byte": "UTF-8 bytes"}
 

@@ -3,9 +3,9 @@ import os
 import pytest
 import torch
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.data.tokenizers import ByteTokenizer
 from textdiffusion.models import ModelConfig, Transformer
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes import MaskedDiffusion
 
 # One intra-op thread per test process (DDP workers and bench subprocesses inherit it through the

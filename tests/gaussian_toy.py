@@ -18,9 +18,9 @@ from analytic import all_sequences
 from tiny_exact import N_VALUES, VOCAB
 from torch import nn
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.data.tokenizers import ByteTokenizer
 from textdiffusion.models import ModelConfig, Transformer
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes.gaussian import GaussianDiffusion
 
 EMBED_DIM = 3

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.data.tokenizers import ByteTokenizer
 from textdiffusion.models import ModelConfig, Transformer
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes import MaskedDiffusion
 
 for _module in ("fastapi", "sse_starlette", "prometheus_client", "httpx"):

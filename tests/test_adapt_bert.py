@@ -11,9 +11,9 @@ import transformers
 from interop_tiny import write_masked_lm
 from tiny_runs import tiny_overrides, write_corpus
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.cli import main
 from textdiffusion.interop.masked_lm import MaskedLMDenoiser
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.train import checkpoint as ckpt
 from textdiffusion.train.adapt_bert import BertStartTrainer
 from textdiffusion.train.config import load_config

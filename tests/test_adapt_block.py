@@ -10,9 +10,9 @@ import json
 import torch
 from tiny_runs import tiny_overrides, write_corpus
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.cli import main
 from textdiffusion.models import ModelConfig, Transformer
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes import BlockDiffusion
 from textdiffusion.train import checkpoint as ckpt
 from textdiffusion.train.recipes import LATEST as LATEST_RECIPE

@@ -13,9 +13,9 @@ import pytest
 import torch
 from tiny_runs import tiny_overrides, write_corpus
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.cli import main
 from textdiffusion.models import ModelConfig, Transformer
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes import Autoregressive, BlockDiffusion
 from textdiffusion.processes.autoregressive import shift_right
 from textdiffusion.samplers.autoregressive import ARConfig, ar_sample

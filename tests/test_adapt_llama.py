@@ -11,15 +11,16 @@ import torch
 from interop_tiny import bpe_tokenizer, llama_reference
 from tiny_runs import tiny_overrides, write_corpus
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.cli import main
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.interop.adapted import AdaptedLlamaConfig
 from textdiffusion.interop.hf_causal import llama_config
 from textdiffusion.interop.llama_like import LlamaLike
-from textdiffusion.pipeline import Pipeline
+from textdiffusion.models.shifted import ShiftedDenoiser
 from textdiffusion.processes import MaskedDiffusion
 from textdiffusion.train import checkpoint as ckpt
-from textdiffusion.train.adapt import ShiftedDenoiser, annealed_mask
+from textdiffusion.train.adapt import annealed_mask
 from textdiffusion.train.adapt_llama import adapted_tokenizer, pretrained_llama, start_token_id
 
 

@@ -6,11 +6,10 @@ import itertools
 import random
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from textdiffusion.edits import Op, align, apply_edits, cost, from_tags, levenshtein, to_tags
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
+from textdiffusion.processes.alignment import Op, align, apply_edits, cost, from_tags, levenshtein, to_tags
 from textdiffusion.processes.edit import corrupt_step
 
 ALPHABET = (0, 1, 2)

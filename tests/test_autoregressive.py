@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 
-from textdiffusion.errors import UserError
-from textdiffusion.eval.likelihood import nelbo
+from textdiffusion.api.pipeline import Pipeline
+from textdiffusion.core.errors import UserError
+from textdiffusion.core.precision import resolve_precision
 from textdiffusion.models import ModelConfig, Transformer
-from textdiffusion.pipeline import Pipeline
-from textdiffusion.precision import resolve_precision
 from textdiffusion.processes import Autoregressive, build_process
 from textdiffusion.processes.autoregressive import shift_right
+from textdiffusion.processes.likelihood import nelbo
 from textdiffusion.samplers import ARConfig, ar_sample
 
 V, MASK = 6, 5  # tokens 0..4 and [MASK] (the start token)

@@ -13,7 +13,7 @@ from textdiffusion.bench.measure import MAX_TIMING_REPEATS, MeasureRequest, meas
 from textdiffusion.bench.report import write_markdown_section
 from textdiffusion.bench.run import run_suite
 from textdiffusion.cli import main
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import torch
 
 from textdiffusion.bench import judges
 from textdiffusion.bench.suites import SUITES
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.eval.judge import Judge, JudgeScore
 from textdiffusion.eval.mauve import byte_histogram_features
 from textdiffusion.train import checkpoint as ckpt

@@ -13,7 +13,7 @@ import torch
 from analytic import ExactDenoiser, PaddedExact, conditional_law
 from tiny_exact import N_VALUES, Z, assert_matches, assert_valid, masked_start, tiny_data
 
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.models import ModelConfig, Transformer
 from textdiffusion.processes.block import BlockDiffusion, block_causal_mask, training_mask
 from textdiffusion.processes.masked import MaskedDiffusion
@@ -274,7 +274,7 @@ def test_block_sampler_refuses_other_processes(model):
 def test_a_trained_block_run_generates_past_its_length(tmp_path):
     import json
 
-    from textdiffusion.pipeline import Pipeline
+    from textdiffusion.api.pipeline import Pipeline
     from textdiffusion.train.config import load_config
     from textdiffusion.train.trainer import train
 

@@ -15,7 +15,7 @@ import torch
 from analytic import all_sequences, chi2_quantile, chi2_statistic, seq_index
 from masked_exact import TableDenoiser
 
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.models import ModelConfig, Transformer
 from textdiffusion.processes import MaskedDiffusion
 from textdiffusion.samplers import SAMPLERS

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from textdiffusion.chat import (
+from textdiffusion.api.chat import (
     DEFAULT_TEMPLATE,
     apply_chat_template,
     check_messages,
@@ -17,8 +17,8 @@ from textdiffusion.chat import (
     read_conversations,
     turns,
 )
+from textdiffusion.core.errors import UserError
 from textdiffusion.data.tokenizers import ByteTokenizer
-from textdiffusion.errors import UserError
 from textdiffusion.train.sft import chat_rows
 
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},

@@ -17,7 +17,7 @@ import torch
 from tiny_runs import run_with_checkpoint, tiny_config, write_corpus
 
 from textdiffusion.cli import main
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.train import checkpoint as ckpt
 from textdiffusion.train.trainer import Trainer
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from textdiffusion.cli import build_parser, main
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.pretrained import DEFAULT_MODEL
 from textdiffusion.samplers import SAMPLERS, SUMMARIES, check_config
 

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from textdiffusion.cli import main
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.processes import PROCESSES
 from textdiffusion.train.config import Config, load_config, presets
 from textdiffusion.train.trainer import Trainer

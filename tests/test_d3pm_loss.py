@@ -15,9 +15,9 @@ from d3pm_tiny import ENTROPY, LENGTH, P_DATA, SEQS, TRANSITIONS, exact_setup
 from tiny_exact import N_VALUES, Z
 from tiny_transformer import check_loss_mask, check_loss_trains
 
-from textdiffusion.eval.likelihood import nelbo
 from textdiffusion.processes import build_process
 from textdiffusion.processes.d3pm import D3PM
+from textdiffusion.processes.likelihood import nelbo
 
 # ---------------------------------------------------------------------------------------------
 # the bound

@@ -21,7 +21,7 @@ from d3pm_tiny import LENGTH, P_DATA, SEQS, TRANSITIONS, T, exact_setup, tiny_pr
 from tiny_exact import MASK, N_VALUES, assert_matches, assert_valid, masked_start
 from tiny_transformer import tiny_transformer
 
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.processes.d3pm import D3PM, NEG
 from textdiffusion.samplers import SAMPLERS
 from textdiffusion.samplers.d3pm import D3PMConfig, d3pm_sample

@@ -17,8 +17,8 @@ from d3pm_exact import dense_between
 from d3pm_tiny import LENGTH, TRANSITIONS, tiny_process
 from tiny_exact import MASK, N_VALUES, VOCAB
 
+from textdiffusion.core.errors import UserError
 from textdiffusion.data.tokenizers import ByteTokenizer
-from textdiffusion.errors import UserError
 from textdiffusion.processes import build_process
 from textdiffusion.processes.d3pm import D3PM, NEG
 

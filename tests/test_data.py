@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
+from textdiffusion.core.errors import UserError
 from textdiffusion.data.corpus import is_validation, iter_documents, plan_split
 from textdiffusion.data.packing import ChunkBatches, StreamBatches, iter_chunks, pack_tensor
-from textdiffusion.errors import UserError
 
 
 def write_corpus(tmp_path, n=60):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.processes.masked import MaskedDiffusion, subs_log_probs
 from textdiffusion.train.distill import (
     SDTTObjective,
@@ -139,7 +139,7 @@ def test_the_student_grid_and_the_round_plan():
 
 
 def test_distill_runs_rounds_that_load_and_sample(tmp_path, capsys):
-    from textdiffusion.pipeline import Pipeline
+    from textdiffusion.api.pipeline import Pipeline
     from textdiffusion.train.config import Config
     from textdiffusion.train.trainer import Trainer
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.eval.diversity import distinct_n, diversity_report, repetition_rate, unigram_entropy
 
 

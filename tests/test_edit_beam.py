@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from textdiffusion.edits import Op, Tags
 from textdiffusion.models import ModelConfig, Transformer
 from textdiffusion.processes import build_process
+from textdiffusion.processes.alignment import Op, Tags
 from textdiffusion.processes.edit import INSERT_SLOT, REPLACE_SLOT, generator_canvas, generator_row, tag_canvas
 from textdiffusion.samplers.edit import EditConfig, _apply, _fill_tags, beam_search, edit_sample, revision_times
 

@@ -8,10 +8,10 @@ import itertools
 import pytest
 import torch
 
-from textdiffusion.edits import Op
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.models import ModelConfig, Transformer
 from textdiffusion.processes import build_process
+from textdiffusion.processes.alignment import Op
 from textdiffusion.samplers.edit import EditConfig, at_least_one_edit, edit_sample
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from tiny_runs import tiny_config, write_corpus
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.cli import main
-from textdiffusion.edits import Op
-from textdiffusion.errors import UserError
-from textdiffusion.filmstrip import export, render_html, render_terminal
-from textdiffusion.pipeline import Pipeline
+from textdiffusion.core.errors import UserError
+from textdiffusion.processes.alignment import Op
+from textdiffusion.render.filmstrip import export, render_html, render_terminal
 from textdiffusion.samplers import Frame
 from textdiffusion.train.trainer import train
 

@@ -9,10 +9,10 @@ import random
 import pytest
 import torch
 
-from textdiffusion.edits import Op, apply_edits, from_tags
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.models import ModelConfig, Transformer
 from textdiffusion.processes import build_process
+from textdiffusion.processes.alignment import Op, apply_edits, from_tags
 from textdiffusion.processes.edit import INSERT_SLOT, REPLACE_SLOT, _slot_targets, generator_row
 from textdiffusion.samplers.edit import EditConfig, edit_sample
 

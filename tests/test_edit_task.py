@@ -6,7 +6,6 @@ import random
 
 import pytest
 
-from textdiffusion.edits import apply_edits, from_tags
 from textdiffusion.eval.editing import (
     KINDS,
     corrupt_line,
@@ -17,6 +16,7 @@ from textdiffusion.eval.editing import (
     noisy_chain,
     training_lines,
 )
+from textdiffusion.processes.alignment import apply_edits, from_tags
 from textdiffusion.processes.edit import Diffuser
 
 LINE = "What say you to the gentleman of the night"

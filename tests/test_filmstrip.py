@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
+from textdiffusion.core.errors import UserError
 from textdiffusion.data.tokenizers import ByteTokenizer
-from textdiffusion.errors import UserError
-from textdiffusion.filmstrip import (
+from textdiffusion.render.filmstrip import (
     _MASK,
     export,
     masked_fraction,

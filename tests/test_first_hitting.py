@@ -26,11 +26,11 @@ import torch
 from analytic import ExactDenoiser, all_sequences, conditional_law, histogram, random_distribution, tv, tv_bound
 from remask_exact import assert_matches
 
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.processes.masked import MaskedDiffusion
+from textdiffusion.processes.schedules import Schedule, get_schedule
 from textdiffusion.samplers import first_hitting
 from textdiffusion.samplers.first_hitting import FirstHittingConfig, first_hitting_sample, time_at_alpha
-from textdiffusion.schedules import Schedule, get_schedule
 
 N_VALUES, LENGTH = 3, 4
 MASK = N_VALUES

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from test_ddp import DIST_VARS, REPO, free_port, losses, max_diff
 from tiny_runs import write_corpus
 
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.train import checkpoint as ckpt
 from textdiffusion.train.sharded_checkpoint import SHARDED_DIR, SafeReader
 
@@ -111,7 +111,7 @@ def test_one_process_resumes_a_two_process_sharded_checkpoint_exactly(runs):
 
 
 def test_an_fsdp_run_folder_is_a_normal_model_folder(runs):
-    from textdiffusion.pipeline import Pipeline
+    from textdiffusion.api.pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(runs["two"], device="cpu")  # EMA weights, gathered whole by rank 0
     ema = load_file(runs["two"] / "checkpoint" / ckpt.EMA_FILE)

@@ -18,7 +18,7 @@ from gaussian_toy import EMBED_DIM, ExactContextLogits, ExactEmbeddingDenoiser, 
 from tiny_exact import N_VALUES, Z, tiny_data
 from torch.distributions import Normal, kl_divergence
 
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.processes import build_process
 from textdiffusion.processes.gaussian import NOISE_SCHEDULES, GaussianDiffusion, signal_levels
 from textdiffusion.train.config import load_config

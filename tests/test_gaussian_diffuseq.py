@@ -8,10 +8,10 @@ import pytest
 import torch
 from gaussian_toy import gaussian_pipeline
 
+from textdiffusion.core.errors import UserError
 from textdiffusion.data.corpus import BUNDLED
 from textdiffusion.data.pairs import bag_of_words, line_pairs, pair_document
 from textdiffusion.data.tokenizers import ByteTokenizer
-from textdiffusion.errors import UserError
 from textdiffusion.eval.seq2seq import evaluate_seq2seq, mbr_select
 from textdiffusion.processes.gaussian import GaussianDiffusion
 

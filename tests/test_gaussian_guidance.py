@@ -13,7 +13,7 @@ import torch
 from gaussian_toy import ExactEmbeddingDenoiser, gaussian_pipeline, toy_process
 from tiny_exact import masked_start, tiny_data
 
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.guidance import Contains, Guidance, Length, TokensAt
 from textdiffusion.samplers.gaussian import GaussianConfig, gaussian_sample
 

@@ -16,7 +16,7 @@ from analytic import conditional_law
 from gaussian_toy import EMBED_DIM, ExactEmbeddingDenoiser, gaussian_pipeline, toy_process, toy_table
 from tiny_exact import MASK, N_VALUES, assert_matches, assert_valid, masked_start, tiny_data
 
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.processes import MaskedDiffusion
 from textdiffusion.samplers import SAMPLERS, SUMMARIES
 from textdiffusion.samplers.gaussian import GaussianConfig, ddim_step, gaussian_sample

@@ -11,7 +11,7 @@ import torch
 from gaussian_toy import ExactContextLogits, toy_process
 from tiny_exact import tiny_data
 
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.processes import build_process
 from textdiffusion.processes.gaussian import GaussianDiffusion
 from textdiffusion.processes.time_warp import TimeWarp, isotonic

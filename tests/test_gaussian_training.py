@@ -10,8 +10,8 @@ import pytest
 import torch
 from tiny_runs import tiny_config, write_corpus
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.models import ModelConfig, Transformer
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.pretrained import __file__ as pretrained_init
 from textdiffusion.train.trainer import Trainer
 

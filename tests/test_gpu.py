@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny_runs import tiny_config, write_corpus
 
-from textdiffusion.pipeline import Pipeline
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.train.trainer import Trainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.gpu,

@@ -9,8 +9,8 @@ import torch
 from gaussian_toy import ExactEmbeddingDenoiser, toy_process, toy_table
 from tiny_exact import masked_start, tiny_data
 
+from textdiffusion.core.errors import UserError
 from textdiffusion.data.tokenizers import ByteTokenizer
-from textdiffusion.errors import UserError
 from textdiffusion.guidance import Attribute, AttributeClassifier, ClassifierConfig, Guidance, verse_or_prose
 from textdiffusion.guidance.attributes import PROSE, VERSE, labelled_windows
 from textdiffusion.guidance.classifier import masked_tokens, noisy_latents, train_classifier

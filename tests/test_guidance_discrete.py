@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from textdiffusion.errors import UserError
+from textdiffusion.api.pipeline import Pipeline
+from textdiffusion.core.errors import UserError
 from textdiffusion.guidance import Contains, Control, Guidance, TokensAt, tilted
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes.masked import MaskedDiffusion
 from textdiffusion.samplers.mdlm import AncestralConfig, ancestral_sample
 

@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
+from textdiffusion.api.pipeline import Pipeline
+from textdiffusion.core.errors import UserError
 from textdiffusion.data.tokenizers import ByteTokenizer, train_bpe
-from textdiffusion.errors import UserError
 from textdiffusion.interop.hf_export import export_hf
 from textdiffusion.models import ModelConfig, Transformer
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes import Autoregressive, MaskedDiffusion
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from textdiffusion.precision import inference_context
+from textdiffusion.core.precision import inference_context
 
 
 def test_cuda_leaves_cudnn_attention_out_and_restores_the_users_setting() -> None:

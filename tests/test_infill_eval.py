@@ -9,9 +9,9 @@ import pytest
 import torch
 from analytic import ExactDenoiser, all_sequences, random_distribution
 
-from textdiffusion.errors import UserError
+from textdiffusion.api.pipeline import Pipeline
+from textdiffusion.core.errors import UserError
 from textdiffusion.eval.infill import evaluate_infill, span_masks
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes.masked import MaskedDiffusion
 
 N_VALUES, LENGTH = 3, 4

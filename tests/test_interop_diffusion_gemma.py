@@ -8,8 +8,8 @@ import pytest
 import torch
 from interop_tiny import write_diffusion_gemma
 
-from textdiffusion.errors import UserError
-from textdiffusion.pipeline import Pipeline
+from textdiffusion.api.pipeline import Pipeline
+from textdiffusion.core.errors import UserError
 
 
 @pytest.fixture(scope="module")

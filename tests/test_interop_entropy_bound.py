@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.samplers import SAMPLERS
 from textdiffusion.samplers.entropy_bound import EntropyBoundConfig, entropy_bound_accept, entropy_bound_sample
 

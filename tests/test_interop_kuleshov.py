@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from textdiffusion.errors import UserError
+from textdiffusion.api.pipeline import Pipeline
+from textdiffusion.core.errors import UserError
 from textdiffusion.interop import kuleshov
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes import BlockDiffusion, MaskedDiffusion
 
 V, L, D, H, N_LAYERS, COND = 50258, 16, 16, 2, 2, 8  # GPT-2 + [MASK]; everything else tiny

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import save_file
 from test_interop_kuleshov import COND, N_LAYERS, D, H, L, their_state
 
-from textdiffusion.errors import UserError
+from textdiffusion.api.pipeline import Pipeline
+from textdiffusion.core.errors import UserError
 from textdiffusion.interop import kuleshov
 from textdiffusion.models.dit import KuleshovDiT, KuleshovDiTConfig, UniformMeanToScore
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes.sedd import SEDD
 
 EPS = 1e-3

@@ -6,8 +6,8 @@ import pytest
 import torch
 from interop_tiny import bidirectional_logits, write_dream, write_llada
 
-from textdiffusion.errors import UserError
-from textdiffusion.pipeline import Pipeline
+from textdiffusion.api.pipeline import Pipeline
+from textdiffusion.core.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import torch
 import transformers
 from interop_tiny import MASKED_LM_SPECIALS, write_masked_lm
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.cli import main
-from textdiffusion.pipeline import Pipeline
 
 CLASSES = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM", "modernbert": "ModernBertForMaskedLM"}
 

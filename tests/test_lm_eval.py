@@ -13,17 +13,17 @@ import sys
 import pytest
 import torch
 
+from textdiffusion.api.pipeline import Pipeline
+from textdiffusion.core.errors import UserError
 from textdiffusion.data.tokenizers import ByteTokenizer
-from textdiffusion.errors import UserError
 from textdiffusion.models import ModelConfig, Transformer
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes import Autoregressive, MaskedDiffusion
 
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 lm_eval = pytest.importorskip("lm_eval")
-from textdiffusion.interop.lm_eval import TextDiffusionLM  # noqa: E402  (registers "textdiffusion")
+from textdiffusion.eval.lm_eval import TextDiffusionLM  # noqa: E402  (registers "textdiffusion")
 
 DOCS = [{"context": "to be or not to", "choices": ["be", "xq"], "label": 0},  # lm-eval puts " " before a choice
         {"context": "the night is", "choices": ["zzk", "dark"], "label": 1},
@@ -155,7 +155,7 @@ def test_cli_runs_the_registered_model(tmp_path):
     tasks = write_tasks(tmp_path)
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "textdiffusion.interop.lm_eval", "--model", "textdiffusion",
+        [sys.executable, "-m", "textdiffusion.eval.lm_eval", "--model", "textdiffusion",
          "--model_args", f"path={folder},steps=8", "--device", "cpu", "--tasks", "td_gen", "--include_path", str(tasks),
          "--output_path", str(tmp_path / "out"), "--log_samples"],
         capture_output=True, text=True, env=env, timeout=300)

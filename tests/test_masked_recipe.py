@@ -26,11 +26,11 @@ from analytic import ExactDenoiser, all_sequences, seq_index
 from masked_exact import TableDenoiser, bound_terms, model_law, quadrature_check
 from tiny_exact import MASK, N_VALUES, VOCAB, tiny_data
 
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.processes.base import DiffusionProcess, build_process
 from textdiffusion.processes.block import BlockDiffusion
 from textdiffusion.processes.masked import MaskedDiffusion
-from textdiffusion.schedules import get_schedule
+from textdiffusion.processes.schedules import get_schedule
 from textdiffusion.train.config import load_config
 
 LENGTH = 3

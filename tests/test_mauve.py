@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.eval.mauve import (
     byte_histogram_features,
     divergence_frontier,

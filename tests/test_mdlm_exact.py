@@ -33,10 +33,10 @@ from analytic import (
 )
 from tiny_exact import MASK, N_VALUES, VOCAB, Z, assert_matches, assert_valid, masked_start, tiny_data
 
-from textdiffusion.eval.likelihood import nelbo
+from textdiffusion.processes.likelihood import nelbo
 from textdiffusion.processes.masked import MaskedDiffusion
+from textdiffusion.processes.schedules import get_schedule
 from textdiffusion.samplers.mdlm import AncestralConfig, ancestral_sample
-from textdiffusion.schedules import get_schedule
 
 LENGTH = 4
 # SEQS [81, 4]; min p_data = 5.4e-4; PRODUCT: the product of the 4 marginals

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.models import ModelConfig, Transformer
 from textdiffusion.models.transformer import apply_rotary, rotary_tables
 from textdiffusion.processes import MaskedDiffusion, build_process
 from textdiffusion.processes.masked import subs_log_probs
-from textdiffusion.schedules import SCHEDULES, get_schedule
+from textdiffusion.processes.schedules import SCHEDULES, get_schedule
 
 
 def small(**kw) -> Transformer:

@@ -35,8 +35,8 @@ from d3pm_tiny import tiny_process
 from masked_exact import BlockTable, TableDenoiser, bound_terms, model_law, old_expectation, quadrature_check
 from tiny_exact import MASK, N_VALUES, VOCAB, Z, tiny_data
 
-from textdiffusion.eval.likelihood import nelbo
 from textdiffusion.processes.block import BlockDiffusion
+from textdiffusion.processes.likelihood import nelbo
 from textdiffusion.processes.masked import MaskedDiffusion
 
 LENGTH = 3

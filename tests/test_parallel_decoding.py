@@ -9,7 +9,7 @@ import torch
 from analytic import ExactDenoiser
 from tiny_exact import N_VALUES, assert_matches, assert_valid, masked_start, tiny_data
 
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.models import ModelConfig, Transformer
 from textdiffusion.processes.block import BlockDiffusion
 from textdiffusion.processes.masked import MaskedDiffusion

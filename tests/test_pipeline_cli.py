@@ -1,11 +1,11 @@
 import pytest
 import torch
 
+from textdiffusion.api.infill import parse_gaps
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.cli import main
-from textdiffusion.errors import UserError
-from textdiffusion.infill import parse_gaps
+from textdiffusion.core.errors import UserError
 from textdiffusion.models import ModelConfig, Transformer
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes import MaskedDiffusion
 
 

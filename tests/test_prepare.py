@@ -11,11 +11,11 @@ import torch
 from tiny_runs import tiny_config, write_corpus
 
 from textdiffusion.cli import main
+from textdiffusion.core.errors import UserError
 from textdiffusion.data import prepared
 from textdiffusion.data.corpus import iter_documents
 from textdiffusion.data.packing import pack_tensor
 from textdiffusion.data.tokenizers import load_tokenizer
-from textdiffusion.errors import UserError
 from textdiffusion.train.trainer import Trainer
 
 DATA = ["data.val_fraction=0.1", "data.seq_len=32"]

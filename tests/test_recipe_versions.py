@@ -22,7 +22,7 @@ from masked_exact import BlockTable, TableDenoiser
 from tiny_exact import MASK, N_VALUES, VOCAB
 
 from textdiffusion.bench.runs import ensure_trained
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.processes.base import build_process
 from textdiffusion.processes.block import BlockDiffusion
 from textdiffusion.processes.masked import MaskedDiffusion

@@ -58,17 +58,11 @@ from remdm_tiny import (
     _wrong_unmask_prob,
 )
 
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
+from textdiffusion.processes.schedules import get_schedule
 from textdiffusion.samplers import remdm
 from textdiffusion.samplers.mdlm import AncestralConfig, ancestral_sample
-from textdiffusion.samplers.remdm import (
-    PAPER_ETA,
-    ReMDMConfig,
-    remdm_plan,
-    remdm_sample,
-    remdm_step,
-)
-from textdiffusion.schedules import get_schedule
+from textdiffusion.samplers.remdm import PAPER_ETA, ReMDMConfig, remdm_plan, remdm_sample, remdm_step
 
 
 @pytest.fixture(scope="module")

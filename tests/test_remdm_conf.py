@@ -29,11 +29,7 @@ from remdm_tiny import (
 )
 
 from textdiffusion.samplers import remdm
-from textdiffusion.samplers.remdm import (
-    ReMDMConfig,
-    confidence_sigmas,
-    remdm_step,
-)
+from textdiffusion.samplers.remdm import ReMDMConfig, confidence_sigmas, remdm_step
 
 
 def test_conf_step_kernel(monkeypatch):

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-import textdiffusion.scoring as scoring_module
+import textdiffusion.api.scoring as scoring_module
+from textdiffusion.api.pipeline import Pipeline
+from textdiffusion.api.scoring import read_text_blocks
 from textdiffusion.cli import main
+from textdiffusion.core.errors import UserError
 from textdiffusion.data.tokenizers import train_bpe
-from textdiffusion.errors import UserError
-from textdiffusion.eval.likelihood import nelbo
 from textdiffusion.models import ModelConfig, Transformer
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes import Autoregressive, MaskedDiffusion
-from textdiffusion.scoring import read_text_blocks
+from textdiffusion.processes.likelihood import nelbo
 
 TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\r\n"
         "The slings  and arrows of outrageous fortune,\n\n   Or to take arms against a sea of troubles ✓\t") * 6

@@ -17,7 +17,7 @@ from sedd_exact import ExactScoreModel, sigma_bar, sigma_rate, transition
 from sedd_tiny import ENTROPY, EPS, GRAPHS, LENGTH, P_DATA, PRODUCT, SEQS, exact_score, tiny_process
 from tiny_exact import N_VALUES, VOCAB, Z
 
-from textdiffusion.eval.likelihood import nelbo
+from textdiffusion.processes.likelihood import nelbo
 from textdiffusion.processes.sedd import SEDD
 
 NLL = -P_DATA.log()

@@ -20,8 +20,8 @@ from tiny_exact import MASK, N_VALUES, VOCAB, Z, masked_start
 from tiny_transformer import check_loss_mask, check_loss_trains
 from torch import nn
 
+from textdiffusion.core.errors import UserError
 from textdiffusion.data.tokenizers import ByteTokenizer
-from textdiffusion.errors import UserError
 from textdiffusion.processes import build_process
 from textdiffusion.processes.sedd import SEDD, GeometricNoise, LogLinearNoise
 from textdiffusion.samplers import SAMPLERS

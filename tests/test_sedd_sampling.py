@@ -18,9 +18,9 @@ from sedd_tiny import GRAPHS, LENGTH, MASSES, P_DATA, PRODUCT, SEQS, exact_score
 from tiny_exact import N_VALUES, assert_matches, assert_valid, masked_start
 from tiny_transformer import tiny_transformer
 
+from textdiffusion.api.pipeline import Pipeline
+from textdiffusion.core.errors import UserError
 from textdiffusion.data.tokenizers import ByteTokenizer
-from textdiffusion.errors import UserError
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes.sedd import SEDD
 from textdiffusion.samplers import SAMPLERS
 from textdiffusion.samplers.sedd import SEDDAnalyticConfig, SEDDEulerConfig, sedd_analytic_sample, sedd_euler_sample

@@ -11,9 +11,9 @@ import pytest
 import torch
 from serve_util import NAME, tiny_server
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.data.tokenizers import ByteTokenizer
 from textdiffusion.models import ModelConfig, Transformer
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes import Autoregressive, BlockDiffusion
 
 

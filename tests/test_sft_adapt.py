@@ -11,13 +11,14 @@ import pytest
 import torch
 from tiny_runs import tiny_overrides, write_corpus
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.cli import main
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.models import ModelConfig, Transformer
-from textdiffusion.pipeline import Pipeline
+from textdiffusion.models.shifted import ShiftedDenoiser
 from textdiffusion.processes import Autoregressive, MaskedDiffusion
 from textdiffusion.train import checkpoint as ckpt
-from textdiffusion.train.adapt import ShiftedDenoiser, annealed_mask
+from textdiffusion.train.adapt import annealed_mask
 
 
 def test_with_the_causal_mask_the_shifted_denoiser_is_the_ar_model():

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from textdiffusion.chat import encode_chat
+from textdiffusion.api.chat import encode_chat
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.cli import main
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.train.config import load_config
 from textdiffusion.train.sft import sft_loss
 from textdiffusion.train.trainer import Trainer

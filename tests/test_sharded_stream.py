@@ -17,11 +17,11 @@ from safetensors.torch import load_file
 from test_ddp import DIST_VARS, REPO, free_port, losses, max_diff
 from tiny_runs import tiny_config, write_corpus
 
+from textdiffusion.core.errors import UserError
 from textdiffusion.data.corpus import iter_documents, plan_split
 from textdiffusion.data.packing import ShardedStreamBatches
 from textdiffusion.data.shares import iter_train_shard
 from textdiffusion.data.tokenizers import build_tokenizer
-from textdiffusion.errors import UserError
 from textdiffusion.train import checkpoint as ckpt
 from textdiffusion.train.trainer import Trainer
 

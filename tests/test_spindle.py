@@ -25,9 +25,9 @@ from masked_exact import TableDenoiser, model_law
 from spindle_exact import ExactSpindleDenoiser, ctmc_law, expected_bound, sampler_chain_law
 from tiny_runs import tiny_overrides, write_corpus
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.cli import main
-from textdiffusion.errors import UserError
-from textdiffusion.pipeline import Pipeline
+from textdiffusion.core.errors import UserError
 from textdiffusion.processes import build_process
 from textdiffusion.processes.masked import MaskedDiffusion
 from textdiffusion.processes.spindle import SpindleMaskedDiffusion, spindle_alpha, spindle_rate

@@ -16,12 +16,12 @@ from safetensors.torch import load_file
 from test_ddp import max_diff
 from tiny_runs import tiny_config, write_corpus
 
+from textdiffusion.core.errors import UserError
 from textdiffusion.data import shares, workers
 from textdiffusion.data.corpus import iter_documents, plan_split
 from textdiffusion.data.packing import ShardedStreamBatches
 from textdiffusion.data.shares import describe_hf_share, iter_share, iter_train_shard
 from textdiffusion.data.tokenizers import build_tokenizer
-from textdiffusion.errors import UserError
 from textdiffusion.train import checkpoint as ckpt
 from textdiffusion.train.trainer import Trainer
 

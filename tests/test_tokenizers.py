@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from textdiffusion.core.errors import UserError
 from textdiffusion.data.tokenizers import (
     MASK_CHAR,
     ByteTokenizer,
@@ -12,7 +13,6 @@ from textdiffusion.data.tokenizers import (
     load_tokenizer,
     train_bpe,
 )
-from textdiffusion.errors import UserError
 
 TEXTS = ["To be, or not to be, that is the question:", "Whether 'tis nobler in the mind to suffer",
          "The slings and arrows of outrageous fortune"] * 20

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from tiny_runs import run_with_checkpoint, tiny_config, write_corpus
 
-from textdiffusion.errors import UserError
+from textdiffusion.core.errors import UserError
 from textdiffusion.train import checkpoint as ckpt
 from textdiffusion.train.trainer import Trainer
 
@@ -283,7 +283,7 @@ def test_crash_between_the_two_renames_resumes_from_the_old_folder(tmp_path, cor
             raise OSError("power cut")
         real_replace(src, dst)
 
-    monkeypatch.setattr(ckpt.os, "replace", replace_once_then_crash)
+    monkeypatch.setattr(os, "replace", replace_once_then_crash)
     with pytest.raises(OSError, match="power cut"):
         trainer.save()
     monkeypatch.undo()

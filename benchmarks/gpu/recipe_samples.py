@@ -63,7 +63,7 @@ SETTINGS = {"mdlm": {"ancestral(steps=128)": ("ancestral", {"steps": 128}),
 
 
 def sample_texts(run_dir: Path, sampler: str, options: dict, n: int, seed: int) -> list[str]:
-    from textdiffusion.pipeline import Pipeline
+    from textdiffusion.api.pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(run_dir, device="cpu")
     return pipe.generate(num_samples=n, seed=seed, progress=False, sampler=sampler, **options).texts

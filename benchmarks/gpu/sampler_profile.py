@@ -12,9 +12,9 @@ import time
 
 import torch
 
+from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.data.tokenizers import ByteTokenizer
 from textdiffusion.models import ModelConfig, Transformer
-from textdiffusion.pipeline import Pipeline
 from textdiffusion.processes import build_process
 
 SETTINGS = [  # (process, process options, causal model, sampler, sampler options)

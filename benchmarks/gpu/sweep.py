@@ -31,7 +31,7 @@ def run_job(job: Job, root: Path, device: str, extra: list[str] | None = None) -
     """Train one job, then score and (budget jobs) sample it; returns what results.json keeps."""
     import torch
 
-    from textdiffusion.eval.likelihood import nelbo
+    from textdiffusion.processes.likelihood import nelbo
     from textdiffusion.train.setup import validation_chunks
     from textdiffusion.train.trainer import Trainer
 
@@ -46,7 +46,7 @@ def run_job(job: Job, root: Path, device: str, extra: list[str] | None = None) -
         res = nelbo(model, trainer.process, val, t_samples=FINAL_T_SAMPLES, batch_size=128, seed=1234)
     out.update(final_nelbo=res.nats_per_token, final_stderr=res.stderr, final_windows=int(val.shape[0]))
     if job.samples:
-        from textdiffusion.pipeline import Pipeline
+        from textdiffusion.api.pipeline import Pipeline
 
         pipe = Pipeline.from_pretrained(root / job.name, device=device)
         gen = pipe.generate(num_samples=NUM_SAMPLES, seed=0, progress=False, **job.sampler)

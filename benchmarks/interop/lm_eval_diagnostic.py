@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from textdiffusion.interop.lm_eval import TextDiffusionLM
+from textdiffusion.eval.lm_eval import TextDiffusionLM
 
 torch.set_num_threads(1)
 task, k, n, ctxmode = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

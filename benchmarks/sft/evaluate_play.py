@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from textdiffusion import Pipeline
-from textdiffusion.chat import encode_chat, reply_text
+from textdiffusion.api.chat import encode_chat, reply_text
 
 SETTINGS = {  # name -> (sampler, options); steps = the reply's positions: one token revealed per step
     "greedy": ("confidence", dict(temperature=0.0)),

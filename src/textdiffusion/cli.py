@@ -28,7 +28,7 @@ from .commands import (
     cmd_sft,
     cmd_train,
 )
-from .errors import UserError
+from .core.errors import UserError
 from .pretrained import DEFAULT_MODEL
 
 DESCRIPTION = "Diffusion language models: sample, infill and score text, train models and compare them."

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError
+from .core.errors import UserError
 
 
 def _sampling_options(args) -> dict:
@@ -32,7 +32,7 @@ def _sampling_options(args) -> dict:
 
 
 def _pipeline(args):
-    from .pipeline import Pipeline
+    from .api.pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(args.model, device=args.device, dtype=getattr(args, "dtype", None))
     if "load" in pipe.config:  # outside formats: what the streaming load took (weights, peak memory)
@@ -45,7 +45,7 @@ def _pipeline(args):
 def _show_frames(args, pipe, out) -> None:
     if not (args.filmstrip or args.export):
         return
-    from .filmstrip import export, render_terminal
+    from .render.filmstrip import export, render_terminal
 
     if args.filmstrip:
         print(render_terminal(out.frames, pipe.tokenizer, n=args.filmstrip))
@@ -54,7 +54,7 @@ def _show_frames(args, pipe, out) -> None:
 
 
 def cmd_sample(args) -> None:
-    from .guidance.build import GuidanceSettings, apply_guidance
+    from .api.guidance import GuidanceSettings, apply_guidance
 
     settings = GuidanceSettings(args.contains, args.ends_at, args.classifier, args.attribute, args.guidance_lambda,
                                 args.guidance_steps, args.guidance_lr, args.guidance_scale)
@@ -92,7 +92,7 @@ def cmd_edit(args) -> None:
 
 
 def cmd_score(args) -> None:
-    from .data.tokenizers import text_error
+    from .core.checks import text_error
 
     if not args.text and not args.file:
         raise UserError("nothing to score: give text arguments or --file")
@@ -263,7 +263,7 @@ def cmd_serve(args) -> None:
 
 
 def cmd_chat(args) -> None:
-    from .chat_terminal import ReplyStream
+    from .render.chat_stream import ReplyStream
 
     args.model = args.model_dir
     options = _sampling_options(args)
@@ -291,7 +291,7 @@ def cmd_chat(args) -> None:
         printer = None
         try:
             if stream:
-                from .chat import encode_chat
+                from .api.chat import encode_chat
 
                 start = len(encode_chat(pipe.tokenizer, messages))
                 printer = ReplyStream(pipe.tokenizer, start, sys.stdout, live)
@@ -313,7 +313,7 @@ def cmd_chat(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .filmstrip import render_terminal
+    from .render.filmstrip import render_terminal
 
     pipe = _pipeline(args)
     seed = args.seed

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
+from ..api.pipeline import Pipeline
 from ..eval.diversity import diversity_report
 from ..eval.infill import evaluate_infill
 from ..eval.judge import Judge
 from ..eval.mauve import mauve_from_features
-from ..pipeline import Pipeline
 from ..train.trainer import validation_chunks
 from .judges import EXCLUDED, extra_judges, generated_by, main_judge, mauve_featurizer
 from .measure import MeasureRequest, MeasureResult, measure_in_subprocess

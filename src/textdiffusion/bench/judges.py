@@ -13,9 +13,10 @@ import importlib.util
 import math
 from pathlib import Path
 
-from ..errors import UserError
-from ..eval.judge import SMOLLM2_PACKAGE, HFJudge, Judge, PipelineJudge, load_judge
+from ..core.errors import UserError
+from ..eval.judge import HFJudge, Judge, PipelineJudge, load_judge
 from ..eval.mauve import Featurizer, byte_histogram_features
+from ..interop.smollm2 import SMOLLM2_PACKAGE
 from ..train import checkpoint as ckpt
 from .runs import ensure_trained, judge_config
 from .suites import Suite, Tokenization
@@ -54,7 +55,7 @@ def main_judge(suite: Suite, tok: Tokenization, root: Path, overrides: list[str]
         log(f"[{suite.name}/{tok.name}/judge] training the AR judge (seed {cfg.train.seed}, "
             f"{suite.judge_budget:g}x the steps; it generates nothing)")
         folder = ensure_trained(cfg, log)
-        from ..pipeline import Pipeline
+        from ..api.pipeline import Pipeline
 
         judge: Judge = PipelineJudge(Pipeline.from_pretrained(folder, device=device, precision="auto"),
                                      name=f"ar-judge-{tok.name}")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 @dataclass
@@ -75,7 +75,7 @@ def _peak_rss_mb() -> float:
 
 
 def measure(req: MeasureRequest) -> MeasureResult:
-    from ..pipeline import Pipeline
+    from ..api.pipeline import Pipeline
 
     if req.threads:
         torch.set_num_threads(req.threads)

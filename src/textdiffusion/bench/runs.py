@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..train import checkpoint as ckpt
 from ..train.config import Config, _apply_overrides, upgrade_saved_config
 from .suites import Family, Suite, Tokenization

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 BUNDLED = {"shakespeare": Path(__file__).resolve().parent.parent / "corpora" / "shakespeare"}
 TEXT_SUFFIXES = {".txt", ".md"}

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .tokenizers import Tokenizer
 
 ENCODE_BATCH = 256

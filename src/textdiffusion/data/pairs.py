@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 WORD = re.compile(r"[A-Za-z']+")
 

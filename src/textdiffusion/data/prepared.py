@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 PREFIX = "prepared:"
 INDEX_FILE = "index.json"

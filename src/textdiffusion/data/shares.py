@@ -22,8 +22,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from ..errors import UserError
-from .corpus import BUNDLED, SUFFIXES, TEXT_SUFFIXES, Split, field_of, hf_key, is_validation, open_hf, validation_chars
+from ..core.errors import UserError
+from .corpus import (
+    BUNDLED,
+    SUFFIXES,
+    TEXT_SUFFIXES,
+    Split,
+    field_of,
+    hf_key,
+    is_validation,
+    open_hf,
+    validation_chars,
+)
 
 
 class Record(NamedTuple):

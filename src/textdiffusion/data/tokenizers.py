@@ -13,30 +13,12 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.checks import text_error
+from ..core.errors import UserError
 
 MASK_CHAR = "▒"
 SPECIALS = ("[PAD]", "[BOS]", "[EOS]", "[MASK]")
 META_FILE = "tokenizer_meta.json"
-
-
-def text_error(text: object, name: str = "text") -> UserError | None:
-    """Why `text` (the argument called `name`) cannot be tokenized, or None if it can.
-
-    Python decodes a command line that is not UTF-8 with surrogateescape: each bad byte becomes a
-    lone surrogate, which no UTF-8 encoder (ours or HF's) accepts."""
-    if not isinstance(text, str):
-        hint = ": decode the bytes first, e.g. data.decode('utf-8', errors='replace')" if isinstance(
-            text, (bytes, bytearray)) else ""
-        return UserError(f"{name} must be a str, got {type(text).__name__}{hint}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        code = ord(text[exc.start])
-        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
-        return UserError(f"{name} is not valid UTF-8 ({what} at character {exc.start}): "
-                         "pass UTF-8 text, e.g. convert it with iconv -t UTF-8")
-    return None
 
 
 class Tokenizer:
@@ -158,8 +140,7 @@ class HFTokenizer(Tokenizer):
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> HFTokenizer:
     """Train a byte-level BPE (GPT-2 style pre-tokenisation) on `texts`."""
-    from tokenizers import Tokenizer as HFTok
-    from tokenizers import decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTok, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 256 + len(SPECIALS) + 1:
         raise UserError(f"BPE vocab_size {vocab_size} is too small: use at least {256 + len(SPECIALS) + 1}.")

@@ -21,7 +21,7 @@ from itertools import chain
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .corpus import Split
 from .shares import iter_share, train_part
 from .tokenizers import Tokenizer

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 def _as_list(ids: Any) -> list:

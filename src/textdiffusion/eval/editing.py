@@ -13,7 +13,7 @@ import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..edits import levenshtein
+from ..processes.alignment import levenshtein
 
 KINDS = ("typo", "drop_word", "repeat_word", "swap_words")
 

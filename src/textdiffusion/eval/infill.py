@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import UserError
-from .likelihood import LikelihoodResult
+from ..core.errors import UserError
+from ..processes.likelihood import LikelihoodResult
 
 
 @dataclass

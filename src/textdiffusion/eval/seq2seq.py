@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.errors import UserError
 from ..data.pairs import pair_document
-from ..errors import UserError
 
 
 def mbr_select(candidates: Sequence[str]) -> int:

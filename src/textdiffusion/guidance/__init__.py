@@ -9,12 +9,11 @@ masked models (the discrete baseline), with rule-based controls and a learned at
 """
 
 from .attributes import verse_or_prose
-from .build import GuidanceSettings, apply_guidance
 from .classifier import Attribute, AttributeClassifier, ClassifierConfig
 from .controls import Contains, Control, Length, TokensAt
 from .discrete import TiltedDenoiser, tilted
 from .gradient import Guidance, token_log_probs
 
 __all__ = ["Attribute", "AttributeClassifier", "ClassifierConfig", "Contains", "Control", "Guidance",
-           "GuidanceSettings", "Length", "TiltedDenoiser", "TokensAt", "apply_guidance", "tilted", "token_log_probs",
+           "Length", "TiltedDenoiser", "TokensAt", "tilted", "token_log_probs",
            "verse_or_prose"]

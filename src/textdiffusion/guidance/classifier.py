@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..models import ModelConfig, Transformer
 from .controls import Control
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 class Control:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .gradient import Guidance
 
 

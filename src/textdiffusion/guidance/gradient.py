@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .controls import Control
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 if TYPE_CHECKING:
     import torch

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checks import one_line
+from ..core.checks import one_line
+from ..core.errors import UserError
 from ..data.tokenizers import load_tokenizer
-from ..errors import UserError
 from .base import Loaded
 from .llama_like import LlamaLike, LlamaLikeConfig
 from .masked_lm import MaskedLMConfig, MaskedLMDenoiser
@@ -89,11 +89,10 @@ def build_network(model: dict) -> tuple[object, nn.Module]:
 def load_adapted(folder: Path, cfg: dict, device: torch.device, dtype: torch.dtype | None = None,
                  use_ema: bool = True) -> Loaded:
     from ..processes import build_process
-    from ..train import checkpoint as ckpt
-    from .native import load_run_weights
+    from . import folder as ckpt
 
     model_cfg, model = build_network(cfg["model"])
-    load_run_weights(model, folder, use_ema)
+    ckpt.load_run_weights(model, folder, use_ema)
     tokenizer = load_tokenizer(folder)
     if tokenizer.vocab_size != model_cfg.vocab_size:
         raise UserError(f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but the model expects "

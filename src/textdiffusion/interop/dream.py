@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import Loaded
 from .llama_like import LlamaLikeConfig, load_llama_like
 from .tokenizer import folder_tokenizer

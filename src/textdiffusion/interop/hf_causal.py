@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .llama_like import LlamaLikeConfig
 
 CAUSAL_TYPES = ("llama", "mistral", "qwen2")  # pre-norm RMSNorm, rotate-half RoPE, GQA, SwiGLU
@@ -68,7 +68,7 @@ def dequantise_gguf(folder: Path, gguf_file: str, out: Path) -> Path:
 def resolve_source(spec: str | Path) -> Path:
     """A Hugging Face causal-LM folder for `spec` ("smollm2", a .gguf file or a folder); see the module notes."""
     if str(spec).lower() == SMOLLM2_WORD:
-        from ..eval.judge import SMOLLM2_GGUF, smollm2_dir
+        from .smollm2 import SMOLLM2_GGUF, smollm2_dir
 
         folder, gguf_file = smollm2_dir(), SMOLLM2_GGUF
     else:

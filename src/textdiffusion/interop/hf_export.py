@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..models import Transformer
-from ..train import checkpoint as ckpt
+from . import folder as ckpt
 
 MODEL_TYPE = "textdiffusion"  # hf_model.MODEL_TYPE, repeated so that exporting does not import transformers
 ARCHITECTURE = "TextDiffusionForMaskedLM"

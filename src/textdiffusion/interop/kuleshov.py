@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
+from ..core.errors import UserError
 from ..data.tokenizers import HFTokenizer, Tokenizer
-from ..errors import UserError
 from ..models.dit import KuleshovDiT, KuleshovDiTConfig, UniformMeanToScore
 from ..processes import BlockDiffusion, DiffusionProcess, MaskedDiffusion
 from ..processes.sedd import SEDD

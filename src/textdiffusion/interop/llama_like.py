@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 @dataclass
@@ -139,7 +139,7 @@ class LlamaLike(nn.Module):
     def forward(self, ids: torch.Tensor, t: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """`attn_mask` [L, L] bool (True: may attend) and `positions` [L] serve AR -> diffusion adaptation
-        (train/adapt.py's ShiftedDenoiser reads [START] x_t under an annealed causal mask)."""
+        (models/shifted.py's ShiftedDenoiser reads [START] x_t under an annealed causal mask)."""
         if kwargs:
             raise UserError("this model has no KV cache: use samplers " + self.cfg.samplers_hint)
         x = self.embed_tokens(ids)

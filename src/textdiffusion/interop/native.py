@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from ..checks import one_line, state_mismatch
+from ..core.checks import one_line
+from ..core.errors import UserError
 from ..data.tokenizers import load_tokenizer
-from ..errors import UserError
 from ..models import ModelConfig, Transformer
 from ..processes import build_process
-from ..train import checkpoint as ckpt
+from . import folder as ckpt
 from .base import Loaded
 
 NAME = "textdiffusion"
@@ -22,22 +22,6 @@ NAME = "textdiffusion"
 
 def matches(folder: Path, config: dict) -> bool:
     return config.get("format") == ckpt.FORMAT
-
-
-def load_run_weights(model: torch.nn.Module, folder: Path, use_ema: bool = True) -> None:
-    """Load a run folder's weights (EMA when present and `use_ema`) into `model`, in float32, after checking
-    every name and shape against the model its config.json describes."""
-    config_file = folder / ckpt.CONFIG_FILE
-    weights = folder / (ckpt.EMA_FILE if use_ema and (folder / ckpt.EMA_FILE).is_file() else ckpt.WEIGHTS_FILE)
-    state = ckpt.load_weights(weights)
-    mismatch = state_mismatch(model.state_dict(), state)
-    if mismatch:
-        raise UserError(f"{weights} does not match the model in {config_file}: {mismatch}; "
-                        "restore the config.json saved with these weights")
-    try:
-        model.load_state_dict({k: v.float() for k, v in state.items()})
-    except RuntimeError as exc:  # torch's report spans many lines
-        raise UserError(f"{weights} does not match the model in {config_file}: {one_line(exc)}") from exc
 
 
 def load(folder: Path, device: torch.device, dtype: torch.dtype | None = None, use_ema: bool = True) -> Loaded:
@@ -58,7 +42,7 @@ def load(folder: Path, device: torch.device, dtype: torch.dtype | None = None, u
         raise UserError(f"{config_file} lacks a valid model or process section ({one_line(exc)}): "
                         "restore it or re-train") from exc
     model = Transformer(model_cfg)
-    load_run_weights(model, folder, use_ema)
+    ckpt.load_run_weights(model, folder, use_ema)
     if tokenizer.vocab_size != model_cfg.vocab_size:
         raise UserError(f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but model.vocab_size in "
                         f"{config_file} is {model_cfg.vocab_size}: the tokenizer files belong to another model")

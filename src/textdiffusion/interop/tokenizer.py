@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..core.errors import UserError
 from ..data.tokenizers import HFTokenizer
-from ..errors import UserError
 
 ROLES = ("pad", "bos", "eos", "mask")
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .transformer import KVCache, apply_rotary, rotary_and_mask, rotary_tables, run_blocks
 
 FREQ_DIM = 256  # sinusoidal features of sigma in their TimestepEmbedder

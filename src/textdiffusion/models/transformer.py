@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 def splits_into_heads(d_model: int, n_heads: int) -> bool:

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import DiffusionProcess, LossOutput, register
 from .d3pm_transitions import (
     EMBEDDING_MAX_VOCAB,
@@ -41,6 +41,7 @@ from .d3pm_transitions import (
     _RankOneKernel,
     _safe_log,
     _SpectralKernel,
+    byte_embedding as byte_embedding,  # re-exported: the public API stays here
     cosine_alpha_bar,
     knn_rate_matrix,
     linear_alpha_bar,
@@ -48,7 +49,6 @@ from .d3pm_transitions import (
     spectral_mutual_info_exponents,
     uniform_mutual_info_alpha_bar,
 )
-from .d3pm_transitions import byte_embedding as byte_embedding  # re-exported: the public API stays here
 
 TRANSITIONS = ("absorbing", "uniform", "embedding")
 SCHEDULES = ("auto", "mutual_info", "cosine", "linear")

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 NEG = -1.0e4  # stands for log 0: exp() of it is exactly 0, yet sums and gradients stay finite
 EMBEDDING_MAX_VOCAB = 4096  # the embedding transition keeps a dense K x K eigenbasis

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..edits import Op, Tags, align, to_tags
-from ..errors import UserError
+from ..core.errors import UserError
+from .alignment import Op, Tags, align, to_tags
 from .base import DiffusionProcess, register
 
 N_OPS = 3  # KEEP, DELETE, REPLACE: the ops of a source token (INSERT lives in the gaps)

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..edits import Op, align
-from ..errors import UserError
+from ..core.errors import UserError
+from .alignment import Op, align
 from .base import DiffusionProcess, register
 from .edit import PLAIN, START, tag_canvas
 

@@ -59,7 +59,7 @@ import math
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import DiffusionProcess, LossOutput, register
 from .time_warp import TimeWarp
 

@@ -36,9 +36,9 @@ import math
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..schedules import get_schedule
+from ..core.errors import UserError
 from .base import DiffusionProcess, LossOutput, nonnegative_weight, register
+from .schedules import get_schedule
 
 LOSS_WEIGHTINGS = ("elbo", "flat")
 
@@ -77,10 +77,10 @@ class MaskedDiffusion(DiffusionProcess):
         return out
 
     def denoiser(self, model: nn.Module) -> nn.Module:
-        """What samplers and the bound call: the backbone itself, or its logit-shifted view (train/adapt.py)."""
+        """What samplers and the bound call: the backbone itself, or its logit-shifted view (models/shifted.py)."""
         if not self.logit_shift:
             return model
-        from ..train.adapt import ShiftedDenoiser
+        from ..models.shifted import ShiftedDenoiser
 
         return ShiftedDenoiser(model, self.mask_id, self.train_attention)
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import DiffusionProcess, LossOutput, nonnegative_weight, register
 from .sedd_graphs import AbsorbGraph, UniformGraph, _f64
 from .sedd_noise import GeometricNoise, LogLinearNoise

@@ -49,7 +49,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import nonnegative_weight, register
 from .masked import MaskedDiffusion
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 def isotonic(values: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from numbers import Integral, Real
 
 import torch
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 @dataclass

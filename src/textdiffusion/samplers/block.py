@@ -25,7 +25,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..processes.block import BlockDiffusion, block_causal_mask
 from .base import Frame, FrameRecorder, SampleResult
 from .unmasking import Rule, View, denoise_block

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 
 def check_scale(scale: float) -> float:

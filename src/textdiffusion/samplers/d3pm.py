@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..processes.d3pm import D3PM
 from .base import Frame, SampleResult, check_sampling_args, sample_categorical, select_from_logits
 

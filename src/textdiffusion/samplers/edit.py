@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..edits import Op, Tags, from_tags
-from ..errors import UserError
+from ..core.errors import UserError
+from ..processes.alignment import Op, Tags, from_tags
 from ..processes.edit import (
     INSERT_SLOT,
     PLAIN,

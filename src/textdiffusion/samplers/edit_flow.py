@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..edits import align
-from ..errors import UserError
+from ..core.errors import UserError
+from ..processes.alignment import align
 from ..processes.edit_flow import EditFlow
 from .base import Frame, FrameRecorder, SampleResult, sample_categorical
 from .edit import _padded

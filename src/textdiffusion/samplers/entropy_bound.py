@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import Frame, FrameRecorder, SampleResult, check_sampling_args, sample_categorical, select_from_logits
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..processes.masked import MaskedDiffusion
-from ..schedules import Cosine, Linear, LogLinear, Schedule
+from ..processes.schedules import Cosine, Linear, LogLinear, Schedule
 from .base import Frame, FrameRecorder, SampleResult, check_sampling_args, sample_categorical, select_from_logits
 from .cfg import guided
 

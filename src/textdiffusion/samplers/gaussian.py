@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..guidance import Guidance
 from ..processes.gaussian import GaussianDiffusion, nearest_tokens
 from .base import Frame, SampleResult, sample_categorical

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..processes.masked import MaskedDiffusion
 from .base import (
     Frame,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..processes.sedd import SEDD
 from .base import Frame, FrameRecorder, SampleResult, sample_categorical, store_rows
 

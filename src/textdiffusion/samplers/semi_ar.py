@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..processes.block import BlockDiffusion
 from ..processes.masked import MaskedDiffusion
 from .base import Frame, FrameRecorder, SampleResult

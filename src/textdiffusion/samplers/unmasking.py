@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .base import FrameRecorder, sample_categorical, select_from_logits, store_rows
 
 RULES = ("ancestral", "low_confidence", "random", "threshold", "dilated")

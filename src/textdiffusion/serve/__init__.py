@@ -17,7 +17,7 @@ def run_server(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     """Load the model folder and serve it until interrupted."""
     import uvicorn
 
-    from ..pipeline import Pipeline
+    from ..api.pipeline import Pipeline
     from .app import create_app
 
     pipe = Pipeline.from_pretrained(model_dir, device=device)

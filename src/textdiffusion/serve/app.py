@@ -22,9 +22,9 @@ from fastapi.staticfiles import StaticFiles
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..chat import apply_chat_template, find_chat_template
-from ..errors import UserError
-from ..pipeline import Pipeline
+from ..api.chat import apply_chat_template, find_chat_template
+from ..api.pipeline import Pipeline
+from ..core.errors import UserError
 from ..samplers import SAMPLERS
 from .engine import DONE, Engine, Job, Limits, Overloaded, Stop
 from .errors import APIError, as_api_error, error_body, validation_message
@@ -49,7 +49,7 @@ def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str
     `max_wait_s`: how long a gathered forward pass waits for requests still busy between two steps."""
     engine = Engine(pipe, limits, batching=batching, max_wait_s=max_wait_s)
     metrics = Metrics(engine)
-    # the folder's own template only: our default template (textdiffusion.chat) means nothing to a model
+    # the folder's own template only: our default template (textdiffusion.api.chat) means nothing to a model
     # that was not fine-tuned on it
     chat = chat_template if chat_template is not None else find_chat_template(model_dir)
     created = int(time.time())

@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..pipeline import Pipeline
-from ..precision import inference_context
+from ..api.pipeline import Pipeline
+from ..core.precision import inference_context
 from ..samplers import Frame
 from .batcher import BatchedModel, ForwardBatcher
 

@@ -7,7 +7,7 @@ import re
 
 from fastapi.exceptions import RequestValidationError
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .engine import Overloaded, Stop
 
 log = logging.getLogger("textdiffusion.serve")

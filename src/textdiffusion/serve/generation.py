@@ -9,8 +9,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
-from ..errors import UserError
-from ..pipeline import Pipeline
+from ..api.pipeline import Pipeline
+from ..core.errors import UserError
 from ..samplers import Frame
 from .engine import Job, Limits, Stop
 from .schemas import SamplingFields

@@ -31,36 +31,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 
+from ..core.errors import UserError
 from ..data.tokenizers import META_FILE, load_tokenizer
-from ..errors import UserError
 from . import checkpoint as ckpt
 from .config import Config
 from .trainer import Trainer
-
-
-class ShiftedDenoiser(nn.Module):
-    """A denoiser from a causal-trained backbone: logits for x_t [B, L] from the backbone on [START] x_t (module
-    notes); `attn_mask` [L + 1, L + 1] (True: may attend) restricts its attention while annealing."""
-
-    def __init__(self, model: nn.Module, start_id: int, attn_mask: torch.Tensor | None = None):
-        super().__init__()
-        self.model, self.start_id, self.attn_mask = model, start_id, attn_mask
-        self.cfg = getattr(model, "cfg", None)
-
-    def new_cache(self):
-        raise UserError("a logit-shifted (AR-adapted) model runs without a KV cache: use cache=none, or samplers "
-                        "ancestral, remdm, first_hitting, semi_ar")
-
-    def forward(self, ids: torch.Tensor, t: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        if kwargs.get("cache") is not None:
-            self.new_cache()
-        start = torch.full_like(ids[:, :1], self.start_id)
-        length = ids.shape[1]
-        positions = torch.arange(length + 1, device=ids.device)  # past seq_len: rotary angles are computed
-        out = self.model(torch.cat([start, ids], dim=1), t, attn_mask=self.attn_mask, positions=positions)
-        return out[:, :length]
 
 
 def annealed_mask(length: int, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor | None:

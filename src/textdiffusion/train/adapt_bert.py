@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
+from ..core.errors import UserError
 from ..data.tokenizers import META_FILE
-from ..errors import UserError
 from ..interop.adapted import AdaptedMaskedLMConfig, untie_head
 from ..interop.masked_lm import MaskedLMDenoiser
 from .adapt import refuse_sharded_start

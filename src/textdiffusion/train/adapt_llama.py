@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
+from ..core.errors import UserError
 from ..data.tokenizers import META_FILE, HFTokenizer
-from ..errors import UserError
 from ..interop.adapted import AdaptedLlamaConfig
 from ..interop.hf_causal import llama_config, rename, resolve_source
 from ..interop.llama_like import LlamaLike

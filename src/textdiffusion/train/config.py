@@ -12,10 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..models.transformer import splits_into_heads
-from .recipes import LATEST as LATEST_RECIPE
-from .recipes import RECIPES, recipe_defaults
+from .recipes import LATEST as LATEST_RECIPE, RECIPES, recipe_defaults
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -245,9 +244,9 @@ DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def _rules() -> list[tuple[str, str, Callable[[object], bool], str]]:
+    from ..core.precision import PRECISIONS
     from ..data.tokenizers import SPECIALS
-    from ..precision import PRECISIONS
-    from ..schedules import SCHEDULES
+    from ..processes.schedules import SCHEDULES
 
     min_vocab = 256 + len(SPECIALS) + 1  # a byte-level BPE's alphabet, its specials and one merge
     return [

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..core.errors import UserError
 from ..processes.base import LossOutput
 from ..processes.masked import MaskedDiffusion
 from . import checkpoint as ckpt

@@ -20,7 +20,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import UserError
+from ..core.errors import UserError
 from .distributed import DistInfo
 
 PARALLEL = ("ddp", "fsdp")

@@ -1,28 +1,24 @@
-"""`textdiffusion prepare`: tokenise a config's data source once into memory-mapped shards (data/prepared.py),
-and the trainer's side of data.source=prepared:DIR (split, tokenizer, batches, validation rows)."""
+"""`textdiffusion prepare`: tokenise a config's data source once into memory-mapped shards (data/prepared.py).
+The trainer's side of data.source=prepared:DIR (split, tokenizer, batches, validation rows) is in setup.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
-import torch
-
+from ..core.errors import UserError
 from ..data import prepared
-from ..data.corpus import Split, iter_documents
-from ..data.packing import ChunkBatches, iter_chunks
-from ..errors import UserError
+from ..data.corpus import iter_documents
+from ..data.packing import iter_chunks
 from . import checkpoint as ckpt
 from .config import Config
 from .distributed import DistInfo
+from .setup import plan_data_split, prepare_tokenizer  # the trainer's own split and tokenizer rules
 
 
 def prepare(cfg: Config, out: str | Path) -> dict:
     """Tokenise cfg.data's source (train and validation splits, packed as training packs them) into `out`;
     returns the index. `out` is replaced atomically when it already holds prepared data."""
-    from .setup import plan_data_split, prepare_tokenizer  # the trainer's own split and tokenizer rules
-
     cfg.validate()
     d, out = cfg.data, Path(out)
     if prepared.is_prepared(d.source):
@@ -48,24 +44,3 @@ def prepare(cfg: Config, out: str | Path) -> dict:
 
     ckpt.atomic_folder(out, write)
     return index
-
-
-def plan(cfg: Config) -> Split:
-    """The split the prepared folder was made with (for the log), after checking the run's data settings."""
-    index = prepared.check_settings(prepared.folder_of(cfg.data.source), dataclasses.asdict(cfg.data))
-    return Split(**index["split_plan"])
-
-
-def install_tokenizer(cfg: Config, tok_dir: Path) -> None:
-    """Copy the prepared folder's tokenizer into the run (once): its ids are the ones in the shards."""
-    if not tok_dir.exists():
-        shutil.copytree(prepared.folder_of(cfg.data.source) / "tokenizer", tok_dir)
-
-
-def batches(cfg: Config) -> ChunkBatches:
-    chunks = prepared.PreparedChunks(prepared.folder_of(cfg.data.source), "train")
-    return ChunkBatches(chunks, cfg.train.batch_size, seed=cfg.train.seed)
-
-
-def validation(cfg: Config, limit: int) -> torch.Tensor:
-    return prepared.validation_rows(prepared.folder_of(cfg.data.source), limit)

@@ -5,19 +5,21 @@ benchmarks) call these."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from ..core.errors import UserError
+from ..data import prepared
 from ..data.corpus import Split, iter_documents, plan_split
 from ..data.packing import ChunkBatches, iter_chunks, pack_tensor
 from ..data.prepared import is_prepared
 from ..data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
-from ..errors import UserError
 from ..models import ModelConfig
 from ..processes import DiffusionProcess
-from . import prepare, sft, streams
+from . import sft, streams
 from .config import Config
 from .distributed import DistInfo, barrier
 
@@ -38,7 +40,7 @@ def plan_data_split(cfg: Config) -> Split:
     if d.packing == "chat":  # conversations for SFT: split by conversation (train/sft.py)
         return sft.plan_chat_split(cfg)
     if is_prepared(d.source):  # pre-tokenised shards (`textdiffusion prepare`): the split they were made with
-        return prepare.plan(cfg)
+        return prepared_plan(cfg)
     streamed = d.streaming or d.source.startswith("hf:")
     return plan_split(d.source, d.val_fraction, d.split_seed, d.text_field, d.hf_split, count=not streamed)
 
@@ -67,7 +69,7 @@ def prepare_tokenizer(cfg: Config, out_dir: Path, info: DistInfo, plan: Split | 
     meta = tok_dir / "tokenizer_meta.json"
     if info.is_main:
         if is_prepared(cfg.data.source):
-            prepare.install_tokenizer(cfg, tok_dir)  # the tokenizer the prepared ids come from
+            install_prepared_tokenizer(cfg, tok_dir)  # the tokenizer the prepared ids come from
         if meta.is_file():
             kind = json.loads(meta.read_text())["kind"]
             wanted = cfg.data.tokenizer if cfg.data.tokenizer in ("byte", "bpe", "gpt2") else "hf"
@@ -100,7 +102,7 @@ def make_batches(cfg: Config, tok: Tokenizer, plan: Split | None = None, info: D
     if d.packing == "chat":  # (ids, reply mask) batches
         return sft.make_chat_batches(cfg, tok, plan)
     if is_prepared(d.source):
-        return prepare.batches(cfg)
+        return prepared_batches(cfg)
     if d.streaming or d.source.startswith("hf:"):  # each rank reads and tokenises its own share of the stream
         return streams.stream_batches(cfg, tok, plan or plan_data_split(cfg), info)
     chunks = pack_tensor(_docs(cfg, "train", plan), tok, d.seq_len, d.packing)
@@ -111,7 +113,7 @@ def validation_chunks(cfg: Config, tok: Tokenizer, limit: int, plan: Split | Non
     if cfg.data.packing == "chat":  # (ids, reply mask): the bound of the replies given their prompts
         return sft.chat_validation(cfg, tok, plan, limit)
     if is_prepared(cfg.data.source):
-        return prepare.validation(cfg, limit)
+        return prepared_validation(cfg, limit)
     rows = []
     for row in iter_chunks(_docs(cfg, "validation", plan), tok, cfg.data.seq_len, cfg.data.packing):
         rows.append(row)
@@ -126,3 +128,26 @@ def validation_chunks(cfg: Config, tok: Tokenizer, limit: int, plan: Split | Non
         raise UserError(f"the validation split yields no chunk of {d.seq_len} tokens: raise data.val_fraction, "
                         "add documents or lower data.seq_len")
     return torch.tensor(rows, dtype=torch.long)
+
+
+# ---- data.source=prepared:DIR (shards written by `textdiffusion prepare`, train/prepare.py) ----
+
+def prepared_plan(cfg: Config) -> Split:
+    """The split the prepared folder was made with (for the log), after checking the run's data settings."""
+    index = prepared.check_settings(prepared.folder_of(cfg.data.source), asdict(cfg.data))
+    return Split(**index["split_plan"])
+
+
+def install_prepared_tokenizer(cfg: Config, tok_dir: Path) -> None:
+    """Copy the prepared folder's tokenizer into the run (once): its ids are the ones in the shards."""
+    if not tok_dir.exists():
+        shutil.copytree(prepared.folder_of(cfg.data.source) / "tokenizer", tok_dir)
+
+
+def prepared_batches(cfg: Config) -> ChunkBatches:
+    chunks = prepared.PreparedChunks(prepared.folder_of(cfg.data.source), "train")
+    return ChunkBatches(chunks, cfg.train.batch_size, seed=cfg.train.seed)
+
+
+def prepared_validation(cfg: Config, limit: int) -> torch.Tensor:
+    return prepared.validation_rows(prepared.folder_of(cfg.data.source), limit)

@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..chat import DEFAULT_TEMPLATE, TEMPLATE_FILE, find_chat_template, read_conversations, render, turns
+from ..api.chat import DEFAULT_TEMPLATE, TEMPLATE_FILE, find_chat_template, read_conversations, render, turns
+from ..core.errors import UserError
 from ..data.corpus import is_validation
 from ..data.packing import ChunkBatches
 from ..data.tokenizers import Tokenizer
-from ..errors import UserError
 from ..processes.base import DiffusionProcess, LossOutput
 
 CHAT_PROCESSES = ("masked", "block", "autoregressive")  # processes whose bound takes a loss_mask as clean context

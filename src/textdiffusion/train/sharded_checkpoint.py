@@ -35,9 +35,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ..errors import UserError
-from . import checkpoint as ckpt
-from . import sft
+from ..core.errors import UserError
+from . import checkpoint as ckpt, sft
 from .distributed import barrier
 from .fsdp import full_state
 

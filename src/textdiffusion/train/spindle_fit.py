@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..core.errors import UserError
 from ..data.packing import ChunkBatches
-from ..errors import UserError
 from ..processes.spindle import SpindleMaskedDiffusion
 
 ROWS_PER_READ = 65536  # prepared corpora are read in slabs of rows

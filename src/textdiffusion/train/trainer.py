@@ -18,27 +18,26 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import UserError
-from ..eval.likelihood import nelbo
+from ..core.errors import UserError
+from ..core.precision import resolve_precision
 from ..models import Transformer
-from ..precision import resolve_precision
 from ..processes import build_process
-from . import checkpoint as ckpt
-from . import fsdp, sft, sharded_checkpoint
+from ..processes.likelihood import nelbo
+from . import checkpoint as ckpt, fsdp, sft, sharded_checkpoint
 from .config import Config
 from .distributed import all_reduce_sum, barrier, cleanup, init_distributed
 from .optim import EMA, build_optimizer, lr_at
 from .recipes import describe as describe_objective
 
 # the run's ingredients; re-exported here, where callers have always found them
-from .setup import (  # noqa: F401
-    BPE_TRAIN_CHARS,
-    make_batches,
-    model_config,
-    pick_device,
-    plan_data_split,
-    prepare_tokenizer,
-    validation_chunks,
+from .setup import (
+    BPE_TRAIN_CHARS as BPE_TRAIN_CHARS,
+    make_batches as make_batches,
+    model_config as model_config,
+    pick_device as pick_device,
+    plan_data_split as plan_data_split,
+    prepare_tokenizer as prepare_tokenizer,
+    validation_chunks as validation_chunks,
 )
 from .spindle_fit import fit_spindle
 

@@ -20,17 +20,30 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-from .checks import check_int
-from .data.tokenizers import Tokenizer
-from .errors import UserError
-from .samplers.base import Frame
+from ..core.checks import check_int
+from ..core.errors import UserError
+from ..data.tokenizers import Tokenizer
+from ..samplers.base import Frame
+from .output import GenerationOutput
 
-if TYPE_CHECKING:
-    from .pipeline import GenerationOutput, Pipeline
+
+class Denoising(Protocol):
+    """What `chat_reply` uses of a Pipeline (api/pipeline.py), which passes itself."""
+
+    tokenizer: Tokenizer
+
+    @property
+    def seq_len(self) -> int: ...
+
+    def max_length(self, sampler: str | None = None) -> int | None: ...
+
+    def denoise(self, x: torch.Tensor, sampler: str | None = None, seed: int | None = None,
+                return_frames: bool = False, on_step: Callable[[Frame], None] | None = None,
+                progress: bool | None = None, **sampler_options) -> GenerationOutput: ...
 
 ROLES = ("system", "user", "assistant")
 TEMPLATE_FILE = "chat_template.jinja"
@@ -189,7 +202,7 @@ class ChatReply:
     output: GenerationOutput  # the whole run: ids [n, prompt + reply tokens], nfe, seconds, frames
 
 
-def chat_reply(pipe: Pipeline, messages: Sequence[dict], max_new_tokens: int | None = None, num_samples: int = 1,
+def chat_reply(pipe: Denoising, messages: Sequence[dict], max_new_tokens: int | None = None, num_samples: int = 1,
                sampler: str | None = None, seed: int | None = None, return_frames: bool = False,
                on_step: Callable[[Frame], None] | None = None, progress: bool | None = None,
                **sampler_options) -> ChatReply:

@@ -22,7 +22,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from .errors import UserError
+from ..core.errors import UserError
 
 
 class Op(IntEnum):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .data.tokenizers import MASK_CHAR, Tokenizer
-from .errors import UserError
-from .filmstrip_segments import Segment, edit_header, frame_segments, is_edit, mask_segments, printable, row_ids
-from .samplers.base import Frame
+from ..core.errors import UserError
+from ..data.tokenizers import MASK_CHAR, Tokenizer
+from ..samplers.base import Frame
+from .segments import Segment, edit_header, frame_segments, is_edit, mask_segments, printable, row_ids
 
 SUFFIXES = (".html", ".gif", ".txt")
 

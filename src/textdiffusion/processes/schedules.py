@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .errors import UserError
+from ..core.errors import UserError
 
 
 class Schedule:

@@ -12,33 +12,23 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .checks import check_int, check_seed, check_text, resolve_device
-from .data.tokenizers import Tokenizer
-from .errors import UserError
-from .eval.likelihood import LikelihoodResult, nelbo
+from ..core.checks import check_int, check_seed, check_text, resolve_device
+from ..core.errors import UserError
+from ..core.precision import inference_context, resolve_precision
+from ..core.progress import progress_bar
+from ..data.tokenizers import Tokenizer
+from ..interop import folder as ckpt
+from ..models import Transformer
+from ..processes import DiffusionProcess
+from ..processes.likelihood import LikelihoodResult, nelbo
+from ..samplers import FAMILY_SAMPLERS, SAMPLERS, Frame, check_config
 from .infill import parse_gaps
-from .models import Transformer
-from .precision import inference_context, resolve_precision
-from .processes import DiffusionProcess
-from .progress import progress_bar
-from .samplers import FAMILY_SAMPLERS, SAMPLERS, Frame, check_config
+from .output import GenerationOutput
 from .scoring import BLOCK_CHARS, read_text_blocks, score_pieces
-from .train import checkpoint as ckpt
-
-
-@dataclass
-class GenerationOutput:
-    texts: list[str]
-    ids: torch.Tensor  # [B, L]
-    nfe: int  # denoiser forward passes
-    seconds: float
-    frames: list[Frame] = field(default_factory=list)
-    fills: list[list[str]] = field(default_factory=list)  # infill only: the text of each gap
 
 
 class Pipeline:
@@ -58,7 +48,7 @@ class Pipeline:
 
         `dtype` ("bf16", "fp16", "fp32" or a torch dtype): the weights' dtype in memory; None keeps our
         folders in float32 and outside folders as stored. `self.config["load"]` reports the load's memory."""
-        from .interop import load_folder
+        from ..interop import load_folder
 
         folder = ckpt.resolve_model_dir(path)
         device = resolve_device(device)  # before the weights are read: a wrong device fails at once
@@ -89,7 +79,7 @@ class Pipeline:
                             f"{type(self.model).__name__} read from a {self.config.get('format')!r} folder: "
                             "keep that original folder, which Pipeline.from_pretrained reads")
         if format == "hf":
-            from .interop.hf_export import export_hf
+            from ..interop.hf_export import export_hf
 
             return export_hf(self, path, dtype)
         cfg = self.folder_config()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import UserError
+from ..core.errors import UserError
 
 GAP = re.compile(r"\[MASK\](?:x(\d+))?")
 MAX_GAP = 100_000

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import unicodedata
 
-from .data.tokenizers import MASK_CHAR, Tokenizer
-from .errors import UserError
-from .samplers.base import Frame
+from ..core.errors import UserError
+from ..data.tokenizers import MASK_CHAR, Tokenizer
+from ..samplers.base import Frame
 
 # (kind, text) with kind "mask" (text is one MASK_CHAR per masked token), "new" (revealed since the
 # previous frame) or "old" (already there); edit frames use "old", "ins", "rep" and "del" (edit_segments).
@@ -66,7 +66,7 @@ def edit_segments(prev: list[int] | None, ids: list[int], edits: list | None, to
     """A row as runs of kept ("old"), inserted ("ins"), replacing ("rep") and deleted ("del") text: deleted and
     replaced tokens of `prev` stay visible, struck out. `edits` are the frame's own edits when `prev` is the
     frame just before, else None and the minimal alignment of prev to ids is shown."""
-    from .edits import Op, align
+    from ..processes.alignment import Op, align
 
     if prev is None:
         return [("old", printable(tokenizer.decode(ids, mask_char=None)))]

@@ -7,7 +7,6 @@ from numbers import Integral
 
 import torch
 
-from .data.tokenizers import text_error
 from .errors import UserError
 
 
@@ -67,3 +66,22 @@ def state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Ten
     if not problems:
         return ""
     return problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+
+
+def text_error(text: object, name: str = "text") -> UserError | None:
+    """Why `text` (the argument called `name`) cannot be tokenized, or None if it can.
+
+    Python decodes a command line that is not UTF-8 with surrogateescape: each bad byte becomes a
+    lone surrogate, which no UTF-8 encoder (ours or HF's) accepts."""
+    if not isinstance(text, str):
+        hint = ": decode the bytes first, e.g. data.decode('utf-8', errors='replace')" if isinstance(
+            text, (bytes, bytearray)) else ""
+        return UserError(f"{name} must be a str, got {type(text).__name__}{hint}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
+        return UserError(f"{name} is not valid UTF-8 ({what} at character {exc.start}): "
+                         "pass UTF-8 text, e.g. convert it with iconv -t UTF-8")
+    return None

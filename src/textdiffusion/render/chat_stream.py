@@ -12,8 +12,8 @@ import time
 import unicodedata
 from typing import TextIO
 
-from .data.tokenizers import MASK_CHAR, Tokenizer
-from .samplers.base import Frame
+from ..data.tokenizers import MASK_CHAR, Tokenizer
+from ..samplers.base import Frame
 
 
 def printable(text: str) -> str:

@@ -5,19 +5,33 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
+from torch import nn
 
-from .checks import check_int
-from .errors import UserError
-from .eval.likelihood import LikelihoodResult, nelbo_samples
-from .progress import progress_bar
+from ..core.checks import check_int
+from ..core.errors import UserError
+from ..core.progress import progress_bar
+from ..data.tokenizers import Tokenizer
+from ..processes import DiffusionProcess
+from ..processes.likelihood import LikelihoodResult, nelbo_samples
 
-if TYPE_CHECKING:
-    from .pipeline import Pipeline
+
+class Scoring(Protocol):
+    """What `score_pieces` uses of a Pipeline (api/pipeline.py), which passes itself."""
+
+    model: nn.Module
+    process: DiffusionProcess
+    tokenizer: Tokenizer
+
+    @property
+    def seq_len(self) -> int: ...
+
+    def _autocast(self) -> AbstractContextManager: ...
 
 BLOCK_CHARS = 1 << 20  # score_file reads this many characters at a time
 
@@ -63,7 +77,7 @@ class ScoreTotals:
         self.n_tokens += int(counted.sum())
 
 
-def score_pieces(pipe: Pipeline, pieces: Iterable[tuple[str, int]], t_samples: int, seed: int, batch_size: int,
+def score_pieces(pipe: Scoring, pieces: Iterable[tuple[str, int]], t_samples: int, seed: int, batch_size: int,
                   progress: bool | None, size: int | None, what: str) -> LikelihoodResult:
     """Tokenize (piece, input consumed so far) pairs as they come and score full windows of the model's
     length `batch_size` at a time; the tokens left over wait for the next piece, and the last partial

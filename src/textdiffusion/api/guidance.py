@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import UserError
-from .attributes import verse_or_prose
-from .classifier import Attribute, AttributeClassifier
-from .controls import Contains, Control, Length
-from .discrete import tilted
-from .gradient import Guidance
+from ..core.errors import UserError
+from ..guidance.attributes import verse_or_prose
+from ..guidance.classifier import Attribute, AttributeClassifier
+from ..guidance.controls import Contains, Control, Length
+from ..guidance.discrete import tilted
+from ..guidance.gradient import Guidance
 
 
 @dataclass
@@ -76,7 +76,7 @@ def apply_guidance(pipe, settings: GuidanceSettings) -> tuple[object, dict]:
         scale = 2.0 if settings.scale is None else settings.scale
         if not isinstance(scale, (int, float)) or not scale >= 0:
             raise UserError(f"--guidance-scale must be a number >= 0, got {scale!r}")
-        from ..pipeline import Pipeline
+        from .pipeline import Pipeline
 
         model = tilted(pipe.model, Guidance(controls), pipe.process.mask_id, scale)
         return Pipeline(model, pipe.process, pipe.tokenizer, pipe.config, pipe.precision), {}

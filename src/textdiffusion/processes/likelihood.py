@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..processes.base import DiffusionProcess
+from .base import DiffusionProcess
 
 
 @dataclass

@@ -4,11 +4,11 @@ lm-eval finds models only in its own registry (no entry points), so the model is
 imported. From a shell, this module is the `lm_eval` command with the model registered; it takes lm-eval's
 own arguments:
 
-    python -m textdiffusion.interop.lm_eval --model textdiffusion \
+    python -m textdiffusion.eval.lm_eval --model textdiffusion \
         --model_args path=src/textdiffusion/pretrained/shakespeare-mdlm,t_samples=64 --tasks my_task \
         --include_path my_tasks/
 
-From Python: `import textdiffusion.interop.lm_eval` then `lm_eval.simple_evaluate(model="textdiffusion", ...)`.
+From Python: `import textdiffusion.eval.lm_eval` then `lm_eval.simple_evaluate(model="textdiffusion", ...)`.
 
 model_args: `path` (required), `t_samples` (Monte Carlo draws per request, default 32), `mask_tail` (masked
 models: fill the rest of the model's window after the continuation with [MASK], the unknown text that follows,
@@ -47,8 +47,8 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from ..errors import UserError
-from ..pipeline import Pipeline
+from ..api.pipeline import Pipeline
+from ..core.errors import UserError
 from ..processes.autoregressive import shift_right
 
 LM_ARGS = {"path", "t_samples", "seed", "device", "precision", "sampler", "max_gen_toks", "batch_size",
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     """lm-eval's command line with the model "textdiffusion" registered."""
     from lm_eval.__main__ import cli_evaluate
 
-    import textdiffusion.interop.lm_eval  # noqa: F401  registers the model (also when this file runs as __main__)
+    import textdiffusion.eval.lm_eval  # noqa: F401  registers the model (also when this file runs as __main__)
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
