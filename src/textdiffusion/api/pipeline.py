@@ -55,7 +55,7 @@ class Pipeline:
         loaded = load_folder(folder, device, dtype=dtype, use_ema=use_ema)
         from .chat import find_chat_template
 
-        loaded.tokenizer.chat_template = find_chat_template(folder)  # the folder's own, if any (chat.py)
+        loaded.tokenizer.chat_template = find_chat_template(folder)  # the folder's own, if any (api/chat.py)
         return cls(loaded.model, loaded.process, loaded.tokenizer, loaded.config, precision)
 
     def folder_config(self) -> dict:
@@ -108,7 +108,7 @@ class Pipeline:
         return next(self.model.parameters()).device
 
     def _autocast(self):
-        """bf16 autocast where chosen, and attention kernels that suit changing shapes (precision.py)."""
+        """bf16 autocast where chosen, and attention kernels that suit changing shapes (core/precision.py)."""
         return inference_context(self.precision, self.device)
 
     # ---- sampling -------------------------------------------------------------------------

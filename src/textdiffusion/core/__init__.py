@@ -1,0 +1,1 @@
+"""The basics every layer may use and that import nothing of ours: errors, argument checks, precision, progress."""

@@ -30,7 +30,7 @@ class Tokenizer:
     bos_id: int
     eos_id: int
     mask_id: int
-    chat_template: str | None = None  # the model folder's Jinja chat template, set on loading (chat.py)
+    chat_template: str | None = None  # the model folder's Jinja chat template, set on loading (api/chat.py)
 
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError

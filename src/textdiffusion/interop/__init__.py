@@ -8,12 +8,12 @@ must stay fast. A module not present in this installation is skipped. See `base.
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
 from ..core.errors import UserError
+from .folder import read_folder_config as read_folder_config
 
 if TYPE_CHECKING:
     import torch
@@ -32,19 +32,6 @@ def format_module(name: str) -> ModuleType | None:
         if exc.name == qualified:  # the module itself is absent; a missing dependency inside it is a real error
             return None
         raise
-
-
-def read_folder_config(folder: Path) -> dict:
-    """A folder's config.json as a dict, whatever wrote it."""
-    path = Path(folder) / "config.json"
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # ValueError covers bad JSON and bad UTF-8
-        raise UserError(f"{path} is unreadable or corrupt ({' '.join(str(exc).split())}): restore or re-train it") \
-            from exc
-    if not isinstance(cfg, dict):
-        raise UserError(f"{path} is not a model config (it holds no JSON object): restore it")
-    return cfg
 
 
 def find_format(folder: str | Path, config: dict | None = None) -> ModuleType:

@@ -133,6 +133,19 @@ def resolve_model_dir(path: str | Path) -> Path:
     raise UserError(f"{path} holds no {CONFIG_FILE}: pass a folder written by save_pretrained or train")
 
 
+def read_folder_config(folder: Path) -> dict:
+    """A folder's config.json as a dict, whatever wrote it."""
+    path = Path(folder) / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError covers bad JSON and bad UTF-8
+        raise UserError(f"{path} is unreadable or corrupt ({' '.join(str(exc).split())}): restore or re-train it") \
+            from exc
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path} is not a model config (it holds no JSON object): restore it")
+    return cfg
+
+
 def read_config(folder: Path) -> dict:
     try:
         cfg = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))

@@ -151,7 +151,7 @@ def load(folder: Path, device: torch.device, dtype: torch.dtype | None = None) -
 
     folder = Path(folder)
     where = str(folder / "config.json")
-    from . import read_folder_config
+    from .folder import read_folder_config
 
     config = read_folder_config(folder)
     if not matches(folder, config):

@@ -67,7 +67,7 @@ def model_config(folder: Path, config: dict, vocab_size: int) -> LlamaLikeConfig
 
 
 def load(folder: Path, device: torch.device, dtype: torch.dtype | None) -> Loaded:
-    from . import read_folder_config
+    from .folder import read_folder_config
 
     config = read_folder_config(folder)
     rows = int(config.get("embedding_size") or config.get("vocab_size") or 0)

@@ -1,6 +1,6 @@
 """Supervised fine-tuning on conversations: LLaDA's recipe (Nie et al., 2025, Sec. 2.3 and App. B.1).
 
-`data.packing=chat` with `data.source` a JSONL file of conversations (see `chat.py`) turns every assistant
+`data.packing=chat` with `data.source` a JSONL file of conversations (see `api/chat.py`) turns every assistant
 message into one row of `data.seq_len` tokens:
 
     [prompt: the conversation before it + the generation prompt] [reply] [EOS] [EOS] ... [EOS]
