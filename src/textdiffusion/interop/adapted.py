@@ -30,7 +30,6 @@ from .masked_lm import MaskedLMConfig, MaskedLMDenoiser
 @dataclass
 class AdaptedLlamaConfig(LlamaLikeConfig):
     arch: str = "llama_like"
-    samplers_hint: str = "ancestral, remdm, first_hitting, semi_ar, confidence / threshold with cache=none"
 
 
 @dataclass
@@ -74,8 +73,8 @@ def build_network(model: dict) -> tuple[object, nn.Module]:
     """(config, empty network) for a folder's "model" section."""
     arch = model.get("arch")
     try:
-        if arch == "llama_like":
-            cfg = AdaptedLlamaConfig(**model)
+        if arch == "llama_like":  # samplers_hint: an error message's text that configs before the KV cache held
+            cfg = AdaptedLlamaConfig(**{k: v for k, v in model.items() if k != "samplers_hint"})
             return cfg, LlamaLike(cfg)
         if arch == "hf_masked_lm":
             cfg = AdaptedMaskedLMConfig(**model)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import UserError
+from ..models.kv_cache import KVCache
 
 
 @dataclass
@@ -39,7 +40,6 @@ class LlamaLikeConfig:
     tie_embeddings: bool = False
     shift_logits: bool = False
     head_dim: int | None = None
-    samplers_hint: str = "ancestral, confidence, threshold (cache=none), remdm, first_hitting, semi_ar"
     causal: bool = False
     time_conditioning: bool = False
 
@@ -83,17 +83,22 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(h * d, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attn_mask: torch.Tensor | None = None, kv: tuple | None = None, causal: bool = False) -> torch.Tensor:
+        """`kv` = (cache, layer, capacity, commit, skip) to read and extend a KVCache (models/kv_cache.py)."""
         b, n, _ = x.shape
         q = self.q_proj(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         q = (q * cos + _rotate_half(q) * sin).to(v.dtype)
         k = (k * cos + _rotate_half(k) * sin).to(v.dtype)
+        if kv is not None:  # the cache stores the kv heads, before they are repeated for the query groups
+            cache, layer, capacity, commit, skip = kv
+            k, v = cache.extend(layer, k, v, capacity, commit, skip)
         groups = self.heads // self.kv_heads
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # None: bidirectional
+        # None: bidirectional; a causal network without a cache uses the kernel's own causal mask
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal and attn_mask is None)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -116,12 +121,14 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, attn_mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask)
+    def forward(self, x, cos, sin, attn_mask=None, kv=None, causal=False):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, kv, causal)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class LlamaLike(nn.Module):
+    reads_cached_queries = True  # forward(query_only=...): the logit-shifted view's cache (models/shifted.py)
+
     def __init__(self, cfg: LlamaLikeConfig):
         super().__init__()
         self.cfg = cfg
@@ -133,29 +140,70 @@ class LlamaLike(nn.Module):
         inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def new_cache(self):
-        raise UserError("this model has no KV cache: use samplers " + self.cfg.samplers_hint)
+    def new_cache(self) -> KVCache:
+        return KVCache(self.cfg.num_layers)
 
     def forward(self, ids: torch.Tensor, t: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        """`attn_mask` [L, L] bool (True: may attend) and `positions` [L] serve AR -> diffusion adaptation
-        (models/shifted.py's ShiftedDenoiser reads [START] x_t under an annealed causal mask)."""
-        if kwargs:
-            raise UserError("this model has no KV cache: use samplers " + self.cfg.samplers_hint)
-        x = self.embed_tokens(ids)
+                positions: torch.Tensor | None = None, cache: KVCache | None = None, commit: bool | int = True,
+                outputs: slice | None = None, query_only: int = 0) -> torch.Tensor:
+        """ids [B, n] -> logits [B, n, V]; the arguments are our Transformer's (models/transformer.py).
+
+        `attn_mask` [n, past + n] bool (True: may attend) and `positions` [n] serve AR -> diffusion adaptation
+        (models/shifted.py reads [START] x_t under an annealed causal mask) and block diffusion ([x_t; x0]).
+        With `cache`, `ids` continue the cached tokens (default positions: cache.length onward) and attend to
+        them; `commit` stores their keys/values (an int: that many leading tokens). `query_only`: the first
+        tokens of `ids` are already in the cache and are read again as queries only (models/shifted.py).
+        Dream's shift under a cache: a call whose first position p > 0 also reads the cached token at p - 1
+        as a query, so position p's logits are the output at p - 1, as without the cache."""
+        past = 0 if cache is None else cache.length
         if positions is None:
-            positions = torch.arange(ids.shape[1], device=ids.device)
-        freqs = torch.outer(positions.to(ids.device, torch.float32), self.inv_freq.to(ids.device))
+            positions = torch.arange(past - query_only, past - query_only + ids.shape[1], device=ids.device)
+        positions = positions.to(ids.device)
+        shift_reads_cache = (self.cfg.shift_logits and cache is not None and query_only == 0
+                             and int(positions[0]) > 0)
+        if shift_reads_cache:
+            before = cache.token_at(int(positions[0]) - 1)
+            if before is None or attn_mask is not None:
+                raise UserError("Dream's shifted logits need the token before a cached call's first position in "
+                                "the KV cache: use cache=prefix, cache=dual or cache=none")
+            ids = torch.cat([before[:, None].to(ids.device), ids], dim=1)
+            positions = torch.cat([positions[:1] - 1, positions])
+            query_only = 1
+        x = self.embed_tokens(ids)
+        freqs = torch.outer(positions.to(torch.float32), self.inv_freq.to(ids.device))
         angles = torch.cat((freqs, freqs), dim=-1)
         cos, sin = angles.cos()[None, None], angles.sin()[None, None]
-        for layer in self.layers:
-            x = layer(x, cos, sin, attn_mask)
+        kv = None
+        if cache is not None:
+            capacity = self.cfg.seq_len + 1  # + 1: the logit-shifted view reads [START] x (models/shifted.py)
+            new = ids.shape[1] - query_only
+            stored = new if commit is True else int(commit)
+            if self.cfg.causal and attn_mask is None and ids.shape[1] > 1:
+                attn_mask = positions[:, None] >= cache_positions(cache, positions[query_only:])[None, :]
+            if stored > 0:
+                cache.record(ids[:, query_only : query_only + stored], positions[query_only:], capacity)
+            kv = (cache, capacity, commit, query_only)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, attn_mask, None if kv is None else (kv[0], i, *kv[1:]),
+                      causal=self.cfg.causal and cache is None)
+        if cache is not None:
+            cache.length += stored
+        if outputs is not None:
+            x = x[:, outputs]
         x = self.norm(x)
         head = self.embed_tokens.weight if self.cfg.tie_embeddings else self.lm_head.weight
         logits = F.linear(x, head[: self.cfg.vocab_size])
-        if self.cfg.shift_logits:
+        if shift_reads_cache:
+            return logits[:, :-1]  # position p's logits: the output at p - 1
+        if self.cfg.shift_logits and int(positions[0]) == 0:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
+
+
+def cache_positions(cache: KVCache, new_positions: torch.Tensor) -> torch.Tensor:
+    """The positions of every key a cached call attends to: the stored tokens', then its new tokens'."""
+    stored = cache.positions[: cache.length] if cache.positions is not None else torch.arange(cache.length)
+    return torch.cat([stored.to(new_positions.device), new_positions])
 
 
 def load_llama_like(folder, device: torch.device, dtype: torch.dtype | None, cfg: LlamaLikeConfig,

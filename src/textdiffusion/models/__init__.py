@@ -1,3 +1,4 @@
-from .transformer import KVCache, ModelConfig, Transformer
+from .kv_cache import KVCache
+from .transformer import ModelConfig, Transformer
 
 __all__ = ["KVCache", "ModelConfig", "Transformer"]

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import UserError
-from .transformer import KVCache, apply_rotary, rotary_and_mask, rotary_tables, run_blocks
+from .kv_cache import KVCache
+from .transformer import apply_rotary, rotary_and_mask, rotary_tables, run_blocks
 
 FREQ_DIM = 256  # sinusoidal features of sigma in their TimestepEmbedder
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import UserError
+from .kv_cache import KVCache
 
 
 def splits_into_heads(d_model: int, n_heads: int) -> bool:
@@ -91,69 +92,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x1, x2 = x.float().chunk(2, dim=-1)
     out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     return out.type_as(x)
-
-
-class KVCache:
-    """Keys and values of the tokens a model has already read, per layer.
-
-    Later calls attend to them without recomputing them: token by token for the autoregressive
-    sampler, block by block for block diffusion. Buffers are allocated once, for the model's length.
-    """
-
-    def __init__(self, n_layers: int):
-        self.keys: list[torch.Tensor | None] = [None] * n_layers
-        self.values: list[torch.Tensor | None] = [None] * n_layers
-        self.length = 0  # tokens stored
-
-    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor, capacity: int,
-               commit: bool | int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys/values of the stored tokens followed by the new ones ([B, H, length + n, hd]).
-
-        commit=True stores the new ones; False only attends to them (a block still being denoised);
-        an int stores that many leading new tokens (a finished block read together with the next)."""
-        b, h, n, hd = k.shape
-        if self.keys[layer] is None:
-            self.keys[layer] = k.new_empty(b, h, capacity, hd)
-            self.values[layer] = v.new_empty(b, h, capacity, hd)
-        stored = n if commit is True else int(commit)
-        end = self.length + stored
-        if end > capacity:
-            raise ValueError(f"KV cache holds {self.length} of {capacity} tokens and cannot store {stored} more: "
-                             "drop_oldest() first (a sliding window)")
-        self.keys[layer][:, :, self.length : end] = k[:, :, :stored]
-        self.values[layer][:, :, self.length : end] = v[:, :, :stored]
-        if stored == n:
-            return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-        return (torch.cat([self.keys[layer][:, :, :end], k[:, :, stored:]], dim=2),
-                torch.cat([self.values[layer][:, :, :end], v[:, :, stored:]], dim=2))
-
-    def keep(self, index: torch.Tensor) -> None:
-        """Keep only the stored tokens at `index` (positions in the cache, in order), dropping the rest.
-
-        Attention without a mask does not depend on the order of keys (positions are already
-        rotated in), so a bidirectional model may keep any subset: a prefix, or a prefix and a
-        suffix around a block that is recomputed (Fast-dLLM's dual cache)."""
-        index = index.to(self.keys[0].device if self.keys[0] is not None else index.device)
-        n = len(index)
-        for store in (self.keys, self.values):
-            for buf in store:
-                if buf is not None:
-                    buf[:, :, :n] = buf[:, :, index].clone()
-        self.length = n
-
-    def drop_oldest(self, n: int) -> None:
-        """Forget the first `n` stored tokens (a sliding context window)."""
-        if n > 0:
-            self.keep(torch.arange(n, self.length))
-
-    def rows(self, index: torch.Tensor) -> KVCache:
-        """A copy of the stored tokens of the batch rows at `index`, for peeking at a subset of sequences
-        (commit=False only: it has no room for more tokens)."""
-        out = KVCache(len(self.keys))
-        out.keys = [None if b is None else b[index, :, : self.length] for b in self.keys]
-        out.values = [None if b is None else b[index, :, : self.length] for b in self.values]
-        out.length = self.length
-        return out
 
 
 def rotary_and_mask(model: nn.Module, length: int, cache: KVCache | None, positions: torch.Tensor | None,

@@ -137,7 +137,7 @@ class LlamaAdaptTrainer(AnnealedMask, Trainer):
         tok = self.tok
         base = llama_config(self.source, self.source_config, self.cfg.data.seq_len, tok.vocab_size,
                             max(tok.vocab_size, int(self.source_config["vocab_size"])))
-        model_cfg = AdaptedLlamaConfig(**base.to_dict() | {"samplers_hint": AdaptedLlamaConfig.samplers_hint})
+        model_cfg = AdaptedLlamaConfig(**base.to_dict())
         if self.resuming:  # the checkpoint's own weights are loaded next
             return model_cfg, LlamaLike(model_cfg)
         if self.scratch:
