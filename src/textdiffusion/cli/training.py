@@ -45,7 +45,10 @@ def add_commands(command: Command) -> None:
                 "config (data, tokenizer, model) is reused; override any key, e.g. train.steps=500.\n"
                 "--from smollm2 (or a .gguf file, or a Hugging Face Llama / Mistral / Qwen2 folder) starts from that\n"
                 "pretrained causal LM instead, with its own tokenizer plus [MASK] (--config gives data and training).\n"
-                "--block-size N adapts an AR run to block diffusion (BD3-LM) instead, from its weights, unshifted.\n"
+                "--block-size N adapts an AR run to block diffusion (BD3-LM) instead, from its weights, unshifted;\n"
+                "from a pretrained causal LM it is Fast-dLLM v2's recipe: block diffusion with the logit shift and\n"
+                "complementary masks. --ar fine-tunes the pretrained causal LM left to right on the same data: the\n"
+                "AR baseline of a comparison, with the same data and token budget as an adaptation.\n"
                 "--from a masked-LM folder (BERT, RoBERTa, ModernBERT) starts a masked denoiser from that encoder.")
     p.add_argument("--from", dest="ar_model", required=True, metavar="AR_RUN",
                    help="the autoregressive run folder (or its checkpoint/), or smollm2, a .gguf file, an HF "
@@ -58,6 +61,8 @@ def add_commands(command: Command) -> None:
                         "(its model section is the checkpoint's)")
     p.add_argument("--block-size", type=int, default=None,
                    help="adapt an AR run to block diffusion with this block size (no logit shift, no annealing)")
+    p.add_argument("--ar", action="store_true",
+                   help="a pretrained causal LM only: keep it autoregressive (the AR baseline on the same data)")
     p.add_argument("--resume", action="store_true", help="continue the adapted run from its checkpoint")
     add_overrides(p, "train.steps=500")
     p.set_defaults(func=cmd_adapt)
@@ -137,10 +142,17 @@ def cmd_adapt(args) -> None:
     kind = source_kind(args.ar_model)
     ours = kind == "ours"
     process = ["process.name=masked"] + (["process.logit_shift=true"] if kind != "masked_lm" else [])
+    if args.ar and (kind != "causal" or args.block_size is not None):
+        raise UserError("--ar keeps a pretrained causal LM (smollm2, a .gguf file, an HF causal-LM folder) "
+                        "autoregressive: drop --block-size, or --ar")
     if args.block_size is not None:
-        if not ours:
-            raise UserError("--block-size adapts an autoregressive run of ours: pass its run folder to --from")
+        if kind == "masked_lm":
+            raise UserError("--block-size adapts an autoregressive model: pass an AR run or a pretrained causal LM")
         process = ["process.name=block", f"process.block_size={args.block_size}"]
+        if not ours:  # Fast-dLLM v2: the shifted frame keeps step 0 the AR model; each mask and its complement
+            process += ["process.logit_shift=true", "process.complementary_masks=true"]
+    if args.ar:
+        process = ["process.name=autoregressive"]
     if args.resume:  # the adapted run's own saved config
         cfg = load_run_config(args.out, [*args.overrides])
     elif ours:  # the AR run's config (data, tokenizer, model shape), as a logit-shifted masked model; a new

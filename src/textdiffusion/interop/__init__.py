@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from .base import Loaded
 
-FORMATS: tuple[str, ...] = ("kuleshov", "llada", "dream", "diffusion_gemma", "masked_lm")
+FORMATS: tuple[str, ...] = ("kuleshov", "llada", "dream", "diffusion_gemma", "causal_lm", "masked_lm")
 
 
 def format_module(name: str) -> ModuleType | None:

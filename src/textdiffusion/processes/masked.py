@@ -27,6 +27,10 @@ Training-recipe ablations (`loss` only; `nelbo_per_sequence`, the bound that val
 changes): loss_weighting="flat" weights each masked token's -log p_theta(x0_l | x_t) by 1 instead of
 `bound_weight` (MaskGIT/BERT-style; not a bound), and ce_lambda adds lambda * sum_{l masked} -log p_theta(x0_l | x_t)
 unweighted: D3PM's hybrid objective L_vb + lambda E[-log p_theta(x0 | x_t)] (Austin et al. 2021) written for MDLM.
+complementary_masks=True (Fast-dLLM v2, Wu et al., 2025, Sec. 3.2) trains each sequence twice per step, with the
+noise (s, u) and with (1 - s, 1 - u), and averages the two estimates: under the log-linear schedule (mask iff
+u >= 1 - t) the second draw masks exactly the tokens the first keeps (for s in [t_min, 1 - t_min]), so every token
+is predicted once per pair; each draw is a valid one, so the average is still an unbiased estimate.
 """
 
 from __future__ import annotations
@@ -49,7 +53,11 @@ class MaskedDiffusion(DiffusionProcess):
 
     def __init__(self, vocab_size: int, mask_id: int, schedule: str = "loglinear", t_min: float = 1e-3,
                  antithetic: bool = True, logit_shift: bool = False, loss_weighting: str = "elbo",
-                 ce_lambda: float = 0.0):
+                 ce_lambda: float = 0.0, complementary_masks: bool = False):
+        if complementary_masks and schedule != "loglinear":
+            raise UserError("complementary_masks pairs each mask with its complement under schedule 'loglinear' "
+                            "(mask rate = t): use that schedule")
+        self.complementary_masks = bool(complementary_masks)
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise UserError(f"unknown loss_weighting {loss_weighting!r}: choose one of {', '.join(LOSS_WEIGHTINGS)}")
         self.loss_weighting = loss_weighting
@@ -74,6 +82,8 @@ class MaskedDiffusion(DiffusionProcess):
             out["loss_weighting"] = self.loss_weighting
         if self.ce_lambda != 0:
             out["ce_lambda"] = self.ce_lambda
+        if self.complementary_masks:
+            out["complementary_masks"] = True
         return out
 
     def denoiser(self, model: nn.Module) -> nn.Module:
@@ -150,7 +160,14 @@ class MaskedDiffusion(DiffusionProcess):
         """The training objective: the NELBO (default), or the recipe the options choose (module notes).
 
         flat: E_s[sum_{l masked} -log p_theta(x0_l | x_t)] with the same t = max(s, t_min); ce_lambda adds lambda
-        times that flat sum to either weighting."""
+        times that flat sum to either weighting. complementary_masks: the mean over the draw and its mirror."""
+        if self.complementary_masks:
+            pairs = self._loss(model, *complement_pairs(x0, noise, loss_mask))
+            return LossOutput(total=pairs.total / 2, n_tokens=pairs.n_tokens // 2)
+        return self._loss(model, x0, noise, loss_mask)
+
+    def _loss(self, model: nn.Module, x0: torch.Tensor, noise: dict[str, torch.Tensor],
+              loss_mask: torch.Tensor | None) -> LossOutput:
         if self.loss_weighting == "elbo" and self.ce_lambda == 0:
             return super().loss(model, x0, noise, loss_mask)  # the bound itself, bit for bit
         bound, flat = self.bound_and_flat(model, x0, noise, loss_mask)
@@ -167,6 +184,12 @@ class MaskedDiffusion(DiffusionProcess):
             raise UserError(f"process {self.name!r} does not support loss_weighting/ce_lambda")  # its own estimate
         s, nll = self._masked_nll(model, x0, noise, loss_mask)
         return self._nelbo(s, nll, x0, loss_mask), nll.sum(dim=1)
+
+
+def complement_pairs(x0: torch.Tensor, noise: dict[str, torch.Tensor], loss_mask: torch.Tensor | None):
+    """Each sequence twice: with its noise, then with the mirrored noise 1 - v (every entry is a uniform)."""
+    mirrored = {k: torch.cat([v, 1 - v]) for k, v in noise.items()}
+    return torch.cat([x0, x0]), mirrored, None if loss_mask is None else torch.cat([loss_mask, loss_mask])
 
 
 def masked_nll(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, mask_id: int) -> torch.Tensor:

@@ -19,85 +19,25 @@ interop/adapted.py), so `Pipeline.from_pretrained`, `--resume`, `sample`, `score
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..core.errors import UserError
-from ..data.tokenizers import META_FILE, HFTokenizer
+from ..data.tokenizers import META_FILE
 from ..interop.adapted import AdaptedLlamaConfig
-from ..interop.hf_causal import llama_config, rename, resolve_source
+from ..interop.hf_causal import (
+    adapted_tokenizer as adapted_tokenizer,
+    llama_config,
+    pretrained_llama as pretrained_llama,
+    read_json,
+    resolve_source,
+    start_token_id,
+)
 from ..interop.llama_like import LlamaLike
 from .adapt import AnnealedMask, check_anneal_steps, refuse_sharded_start
 from .config import Config
 from .trainer import Trainer
-
-
-def read_json(path: Path) -> dict:
-    try:
-        out = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is unreadable or corrupt ({' '.join(str(exc).split())}): restore it") from exc
-    if not isinstance(out, dict):
-        raise UserError(f"{path} holds no JSON object: restore it")
-    return out
-
-
-def start_token_id(config: dict) -> int:
-    """The token the AR model reads before a document: bos_token_id, else eos_token_id."""
-    for key in ("bos_token_id", "eos_token_id"):
-        value = config.get(key)
-        if isinstance(value, list):
-            value = value[0] if value else None
-        if isinstance(value, int):
-            return value
-    raise UserError("the model's config.json names neither bos_token_id nor eos_token_id: name its start token")
-
-
-def adapted_tokenizer(folder: Path, config: dict) -> HFTokenizer:
-    """The model's tokenizer.json with its start token as [BOS], its eos as [EOS] and [PAD], and [MASK] added."""
-    from tokenizers import Tokenizer as HFTok
-
-    path = folder / "tokenizer.json"
-    if not path.is_file():
-        raise UserError(f"no tokenizer.json in {folder}: the causal LM's tokenizer files are needed")
-    tok = HFTok.from_file(str(path))
-    start = tok.id_to_token(start_token_id(config))
-    eos_id = config.get("eos_token_id")
-    eos = tok.id_to_token(eos_id[0] if isinstance(eos_id, list) else eos_id) if eos_id is not None else start
-    if start is None or eos is None:
-        raise UserError(f"the tokenizer in {folder} lacks the config's bos / eos ids: the files belong to "
-                        "another model")
-    wrapped = HFTokenizer(tok, kind="hf", specials={"bos": start, "eos": eos, "pad": eos, "mask": "[MASK]"})
-    rows = int(config.get("vocab_size") or 0)
-    if wrapped.vocab_size > rows + 1:
-        raise UserError(f"the tokenizer in {folder} has ids past the model's {rows} embedding rows: the files "
-                        "belong to another model")
-    return wrapped
-
-
-def pretrained_llama(folder: Path, model_cfg: AdaptedLlamaConfig, start_id: int, mask_id: int) -> LlamaLike:
-    """The checkpoint's weights in a LlamaLike of `model_cfg`; the [MASK] row (added past the checkpoint's rows,
-    or an unused one) starts as a copy of the start token's, so [START] = [MASK] reads as the AR model's start."""
-    from ..interop.weights import load_weights
-
-    config = read_json(folder / "config.json")
-    rows = int(config["vocab_size"])
-    source_cfg = llama_config(folder, config, model_cfg.seq_len, rows, rows)
-    tied = source_cfg.tie_embeddings
-    source, _ = load_weights(lambda: LlamaLike(source_cfg), folder, torch.device("cpu"), torch.float32,
-                             lambda k: None if tied and k == "lm_head.weight" else rename(k))
-    state = source.state_dict()
-    for key in ("embed_tokens.weight", "lm_head.weight"):
-        if key in state:
-            grown = torch.zeros(model_cfg.embed_rows, state[key].shape[1])
-            grown[:rows] = state[key]
-            grown[mask_id] = state[key][start_id]
-            state[key] = grown
-    model = LlamaLike(model_cfg)
-    model.load_state_dict(state)
-    return model
 
 
 def scratch_llama(model_cfg: AdaptedLlamaConfig, std: float) -> LlamaLike:
@@ -110,6 +50,20 @@ def scratch_llama(model_cfg: AdaptedLlamaConfig, std: float) -> LlamaLike:
     return model
 
 
+def check_llama_process(cfg: Config, anneal_steps: int) -> None:
+    """What a pretrained causal LM can be trained as: masked diffusion read through the logit shift (DiffuLLaMA,
+    Dream), block diffusion (Fast-dLLM v2: logit shift, block-causal over [x_t; x0], complementary masks), or
+    left to right again (the AR baseline of a comparison, trained on the same data and budget)."""
+    name, shift = cfg.process.name, cfg.process.extra.get("logit_shift", False)
+    if name == "autoregressive":
+        if anneal_steps:
+            raise UserError("the AR baseline keeps its causal mask: drop --anneal-steps")
+        return
+    if name not in ("masked", "block") or not shift:
+        raise UserError("a pretrained causal LM adapts to process.name=masked or block with process.logit_shift=true "
+                        "(or trains on as process.name=autoregressive, the AR baseline)")
+
+
 class LlamaAdaptTrainer(AnnealedMask, Trainer):
     """The trainer on a LlamaLike started from a pretrained causal LM (module notes). `source`: "smollm2", a
     .gguf file or a Hugging Face Llama-family folder; `cfg.data.tokenizer` is replaced by the model's own."""
@@ -119,8 +73,7 @@ class LlamaAdaptTrainer(AnnealedMask, Trainer):
         refuse_sharded_start(cfg, "adapt")
         self.anneal_steps = check_anneal_steps(anneal_steps)
         self.scratch = scratch  # the same network and tokenizer, randomly initialised: the baseline
-        if cfg.process.name != "masked" or not cfg.process.extra.get("logit_shift", False):
-            raise UserError("AR -> diffusion adaptation trains process.name=masked with process.logit_shift=true")
+        check_llama_process(cfg, anneal_steps)
         self.source = resolve_source(source)
         self.source_config = read_json(self.source / "config.json")
         self.resuming = resume
@@ -137,7 +90,9 @@ class LlamaAdaptTrainer(AnnealedMask, Trainer):
         tok = self.tok
         base = llama_config(self.source, self.source_config, self.cfg.data.seq_len, tok.vocab_size,
                             max(tok.vocab_size, int(self.source_config["vocab_size"])))
-        model_cfg = AdaptedLlamaConfig(**base.to_dict())
+        # the AR baseline (process autoregressive) keeps the causal network; every diffusion process opens it
+        causal = self.cfg.process.name == "autoregressive"
+        model_cfg = AdaptedLlamaConfig(**base.to_dict() | {"causal": causal})
         if self.resuming:  # the checkpoint's own weights are loaded next
             return model_cfg, LlamaLike(model_cfg)
         if self.scratch:

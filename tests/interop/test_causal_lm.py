@@ -1,0 +1,52 @@
+"""A Llama-family causal LM folder loads as the AR baseline (interop/causal_lm.py): our `ar` sampler with its KV
+cache, greedy, writes transformers' `generate` output token for token, and scores its exact likelihood."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from textdiffusion.api.pipeline import Pipeline
+from textdiffusion.interop.llama_like import LlamaLike
+from textdiffusion.processes import Autoregressive
+
+
+@pytest.fixture(scope="module")
+def causal_folder(tmp_path_factory, bpe_tokenizer, llama_reference):
+    folder = tmp_path_factory.mktemp("causal")
+    ids = bpe_tokenizer(folder, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], vocab_size=290)
+    ref = llama_reference(ids["__size__"], kv_heads=2, tied=True, seed=7)
+    ref.config.bos_token_id, ref.config.eos_token_id = ids["<|endoftext|>"], ids["<|im_end|>"]
+    ref.generation_config.bos_token_id = ref.config.bos_token_id
+    ref.generation_config.eos_token_id = ref.config.eos_token_id
+    ref.save_pretrained(str(folder))
+    return folder, ref, ids
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_greedy_equals_transformers_generate(causal_folder, cache):
+    folder, ref, ids = causal_folder
+    pipe = Pipeline.from_pretrained(folder, device="cpu")
+    assert pipe.config["format"] == "causal_lm"
+    assert isinstance(pipe.model, LlamaLike) and pipe.model.cfg.causal and isinstance(pipe.process, Autoregressive)
+    prompt = pipe.tokenizer.encode("To be, or not")
+    new = 20
+    ours = pipe.generate(prompt="To be, or not", length=len(prompt) + new, sampler="ar", temperature=0.0, seed=0,
+                         cache=cache).ids[0, len(prompt):].tolist()
+    start = torch.tensor([[ids["<|endoftext|>"], *prompt]])
+    with torch.no_grad():
+        theirs = ref.generate(start, max_new_tokens=new, do_sample=False, eos_token_id=None,
+                              pad_token_id=0)[0, start.shape[1]:].tolist()
+    assert ours == theirs
+
+
+def test_exact_likelihood_is_transformers_next_token_loss(causal_folder):
+    folder, ref, ids = causal_folder
+    pipe = Pipeline.from_pretrained(folder, device="cpu")
+    text = "To be, or not to be, that is the question"
+    [score] = pipe.score(text, t_samples=1)
+    x = torch.tensor([[ids["<|endoftext|>"], *pipe.tokenizer.encode(text)]])
+    with torch.no_grad():
+        nll = ref(x, labels=x).loss.item() * (x.shape[1] - 1)
+    assert score.exact and score.n_tokens == x.shape[1] - 1
+    assert score.nats_per_token * score.n_tokens == pytest.approx(nll, rel=1e-4)
