@@ -14,8 +14,12 @@ every other canvas position is renoised with a fresh uniform token. Accepted tok
 next step re-decides every position, as DiffusionGemma's loop does. After the last step each canvas
 position takes the argmax of the last logits (DiffusionGemma's final canvas). At least one token (the
 lowest-entropy one) is accepted each step, since its sum minus its maximum is 0. Canvases longer than
-`block_length` (DiffusionGemma: its canvas_length, 256) are generated one after another, left to right;
-DiffusionGemma's early stop (a stable, confident canvas) is not applied: every canvas runs `steps` steps.
+`block_length` (DiffusionGemma: its canvas_length, 256) are generated one after another, left to right.
+
+Early stop (DiffusionGemma's `StableAndConfidentStoppingCriteria`, on by default with its thresholds): a row's
+canvas is done once its argmax has not changed for `stability_threshold` steps and the mean entropy of its
+tempered logits over the canvas is below `confidence_threshold`; it then keeps that argmax and its later steps
+change nothing (the batch stops when every row is done). `early_stop=False` runs every canvas `steps` steps.
 
 It needs a denoiser that predicts clean tokens from a canvas of random ones (uniform-state models);
 masked models never saw random tokens in place of [MASK] and are refused.
@@ -41,6 +45,34 @@ class EntropyBoundConfig:
     t_min: float = 0.4
     top_p: float = 1.0
     block_length: int | None = None  # canvas size: None = the model's canvas_length, else all positions at once
+    early_stop: bool = True  # DiffusionGemma's stable-and-confident stop (module notes)
+    stability_threshold: int = 1  # steps the argmax canvas must not change (DiffusionGemma's default)
+    confidence_threshold: float = 0.005  # nats: mean entropy of the tempered logits below this (its default)
+
+
+class StableAndConfident:
+    """DiffusionGemma's stopping rule, per row: the argmax canvas equals each of the previous `stability`
+    ones, and the mean over the canvas of the tempered logits' entropy is below `confidence` (nats)."""
+
+    def __init__(self, stability: int, confidence: float):
+        self.stability, self.confidence = stability, confidence
+        self.history: list[torch.Tensor] = []
+
+    def __call__(self, argmax: torch.Tensor, logits: torch.Tensor, canvas: torch.Tensor | None = None) -> torch.Tensor:
+        """[B] bool for `argmax` [B, L] and `logits` [B, L, V]; `canvas` [B, L] bool: the positions that count."""
+        canvas = torch.ones_like(argmax, dtype=torch.bool) if canvas is None else canvas
+        recent = self.history[len(self.history) - self.stability :] if self.stability else []
+        stable = torch.ones(argmax.shape[0], dtype=torch.bool, device=argmax.device)
+        if len(recent) < self.stability:  # not enough steps yet
+            stable &= False
+        for past in recent:
+            stable &= ((past == argmax) | ~canvas).all(-1)
+        if self.stability:
+            self.history.append(argmax.clone())
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        entropy = -(logp.exp() * logp).nan_to_num(0.0).sum(-1)
+        mean = (entropy * canvas).sum(-1) / canvas.sum(-1).clamp_min(1)
+        return stable & (mean < self.confidence)
 
 
 def entropy_bound_accept(logits: torch.Tensor, bound: float, canvas: torch.Tensor | None = None) -> torch.Tensor:
@@ -72,6 +104,10 @@ def _check(cfg: EntropyBoundConfig, process) -> None:
         raise UserError(f"t_min and t_max must be > 0, got {cfg.t_min} and {cfg.t_max}")
     if cfg.block_length is not None and cfg.block_length < 1:
         raise UserError(f"block_length must be a positive integer or null, got {cfg.block_length}")
+    if not isinstance(cfg.stability_threshold, int) or cfg.stability_threshold < 0:
+        raise UserError(f"stability_threshold must be an integer >= 0, got {cfg.stability_threshold!r}")
+    if not cfg.confidence_threshold > 0:
+        raise UserError(f"confidence_threshold must be > 0 (nats), got {cfg.confidence_threshold!r}")
     if getattr(process, "name", None) in ("masked", "block", "ar"):
         raise UserError(f"sampler 'entropy_bound' needs a uniform-state model (random tokens as noise); this is a "
                         f"{process.name!r} model: use ancestral, confidence or threshold")
@@ -111,20 +147,30 @@ def entropy_bound_sample(model: nn.Module, process, x: torch.Tensor, cfg: Entrop
         canvas = torch.zeros_like(todo)
         canvas[:, lo:hi] = todo[:, lo:hi]
         end = hi if canvas_model else x.shape[1]
-        logits = None
+        logits = argmax = None
+        stop = StableAndConfident(cfg.stability_threshold, cfg.confidence_threshold) if cfg.early_stop else None
+        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for k in range(cfg.steps):
             kwargs = {"canvas_start": lo, "self_conditioning": logits} if canvas_model else {}
             t_rows = torch.full((x.shape[0],), 1.0 - k / cfg.steps, device=x.device) if time_conditioned else None
             out = model(x[:, :end], t_rows, **kwargs).double()
             out[..., mask_id] = float("-inf")
-            logits = out / step_temperature(cfg, k)  # entropy, draw and self-conditioning all use the tempered logits
+            # entropy, draw and self-conditioning all use the tempered logits; a finished row keeps its last ones
+            fresh = out / step_temperature(cfg, k)
+            logits = fresh if logits is None else torch.where(done[:, None, None], logits, fresh)
+            argmax = logits.argmax(-1) if argmax is None else torch.where(done[:, None], argmax, logits.argmax(-1))
             nfe += 1
             drawn = sample_categorical(select_from_logits(logits, 1.0, cfg.top_p), generator)
             accepted = entropy_bound_accept(logits, cfg.entropy_bound, canvas[:, :end])
             renoised = torch.where(canvas, noise(), x)
-            x[:, :end] = torch.where(accepted, drawn, renoised[:, :end])
+            moved = torch.where(accepted, drawn, renoised[:, :end])
+            x[:, :end] = torch.where(done[:, None], x[:, :end], moved)
             step += 1
             recorder(step, 1.0 - (w + (k + 1) / cfg.steps) / len(windows), x)
-        x[:, :end] = torch.where(canvas[:, :end], logits.argmax(-1), x[:, :end])  # the canvas's final argmax
+            if stop is not None:
+                done |= stop(argmax, logits, canvas[:, :end])
+                if bool(done.all()):
+                    break
+        x[:, :end] = torch.where(canvas[:, :end], argmax, x[:, :end])  # the canvas's final argmax
         recorder(step, 1.0 - (w + 1) / len(windows), x)
     return SampleResult(ids=x, nfe=nfe, frames=recorder.frames)
