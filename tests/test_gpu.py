@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from tiny_runs import tiny_config, write_corpus
 
 from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.train.trainer import Trainer
@@ -32,7 +31,8 @@ def _fused_sdpa():
 
 # torch.compile is checked on MDLM only, to keep the module short
 @pytest.mark.parametrize(("family", "compile_"), [(f, False) for f in sorted(FAMILIES)] + [("masked", True)])
-def test_family_trains_samples_and_scores_on_cuda_bf16(family: str, compile_: bool, tmp_path) -> None:
+def test_family_trains_samples_and_scores_on_cuda_bf16(family: str, compile_: bool, tmp_path, tiny_config,
+                                                       write_corpus) -> None:
     corpus = write_corpus(tmp_path / "c.jsonl")
     cfg = tiny_config(tmp_path / "run", corpus, f"process.name={family}", *FAMILIES[family],
                       "train.device=cuda", "train.precision=bf16", f"train.compile={str(compile_).lower()}",
