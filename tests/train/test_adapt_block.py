@@ -64,5 +64,5 @@ def test_adapt_to_block_diffusion_from_the_ar_weights(tmp_path, capsys, tiny_ove
     assert main(["adapt", "--from", str(ar_dir), "--out", str(tmp_path / "x"), "--block-size", "4",
                  "--anneal-steps", "3"]) == 2
     assert "drop --anneal-steps" in capsys.readouterr().err
-    assert main(["adapt", "--from", "smollm2", "--out", str(tmp_path / "y"), "--block-size", "4"]) == 2
-    assert "--block-size adapts an autoregressive run of ours" in capsys.readouterr().err
+    assert main(["adapt", "--from", str(ar_dir), "--out", str(tmp_path / "y"), "--ar"]) == 2  # AR already
+    assert "--ar keeps a pretrained causal LM" in capsys.readouterr().err

@@ -68,7 +68,7 @@ def test_adapt_command_starts_from_the_ar_weights(tmp_path, capsys, tiny_overrid
     assert isinstance(pipe.process, MaskedDiffusion) and pipe.process.logit_shift
     text = pipe.generate(length=16, steps=4, seed=0, prompt="The ")
     assert text.texts[0].startswith("The ") and not (text.ids == pipe.tokenizer.mask_id).any()
-    with pytest.raises(UserError, match="without a KV cache"):
+    with pytest.raises(UserError, match="no KV cache for the shifted frame"):
         pipe.generate(length=16, sampler="confidence", steps=4, cache="prefix")
     capsys.readouterr()
     assert main(["adapt", "--from", str(out), "--out", str(tmp_path / "again")]) == 2  # not an AR model

@@ -4,7 +4,7 @@ Forward: q(x_t | x_{t-1}) = Cat(x_{t-1} Q_t), t = 1..T, independently per token,
 q(x_t | x0) = Cat(x0 Qbar_t) with Qbar_t = Q_1 ... Q_t. The transitions (`transition`: absorbing, uniform,
 embedding), their closed forms and the schedules (`beta_schedule`) are in `d3pm_transitions.py`. Every
 schedule ends exactly at the stationary law, so q(x_T | x0) is the prior and the prior term L_T is exactly 0
-(checked for every transition and schedule in tests/test_nelbo_bound.py).
+(checked for every transition and schedule in tests/processes/test_nelbo_bound.py).
 
 Reverse (x0-parameterisation): the network gives p~(x0 | x_t) (the model sees the noise level t/T), and
     p(x_s | x_t) = sum_x0 q(x_s | x_t, x0) p~(x0 | x_t)

@@ -10,7 +10,7 @@ to full. Two choices make step 0 exactly the AR model:
 * the tokenizer is the model's own plus one added [MASK] token (its last id), and [START] is that [MASK] id
   (the shifted denoiser's convention); its embedding row starts as a copy of the model's start token
   (bos_token_id, else eos_token_id), so with the causal mask the adapted logits at position l are the AR
-  model's next-token logits after [bos] x0_<l (tests/test_adapt_llama.py checks this against transformers);
+  model's next-token logits after [bos] x0_<l (tests/train/test_adapt_llama.py checks this against transformers);
 * nothing else is new: the network's shapes and weights are the checkpoint's, the head is its head.
 
 The run folder is an ordinary textdiffusion checkpoint (model section "arch": "llama_like",
