@@ -3,7 +3,9 @@ the same batches and the same token budget, so that the comparison measures deco
 
 * `block`: Fast-dLLM v2's adaptation (`adapt --from smollm2 --block-size B`): block diffusion with the logit
   shift, block-causal attention over [x_t; x0] and complementary masks;
-* `ar`: SmolLM2 trained on left to right (`adapt --from smollm2 --ar`), the AR baseline.
+* `ar`: SmolLM2 trained on left to right (`adapt --from smollm2 --ar`), the AR baseline;
+* `masked` (with --masked): the masked adaptation `adapt --from smollm2` makes (DiffuLLaMA / Dream: logit shift,
+  full attention), decoded with Fast-dLLM v1's threshold and caches.
 
 Data: the bundled Shakespeare plays except the held-out one (default Hamlet), which the evaluation
 (benchmarks/fast_pretrained.py) uses for its ground-truth task. Both runs checkpoint every --save-every steps and
@@ -59,10 +61,13 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=25)
     parser.add_argument("--held-out", default="hamlet")
     parser.add_argument("--source", default="smollm2", help="smollm2, a .gguf file or an HF causal-LM folder")
-    parser.add_argument("--only", choices=("block", "ar"), default=None)
+    parser.add_argument("--only", choices=("block", "ar", "masked"), default=None)
+    parser.add_argument("--masked", action="store_true", help="also train the masked adaptation")
     args = parser.parse_args()
     train = split_plays(args.out, args.held_out)
     runs = {"block": ["--block-size", str(args.block_size)], "ar": ["--ar"]}
+    if args.masked or args.only == "masked":
+        runs["masked"] = []
     for name, flags in runs.items():
         if args.only not in (None, name):
             continue

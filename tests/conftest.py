@@ -1617,3 +1617,18 @@ def max_diff() -> Callable[..., float]:
 def losses() -> Callable[[Path], dict[int, float]]:
     """losses(out_dir): {step: training loss} from a run's metrics.jsonl."""
     return _losses
+
+
+@pytest.fixture(scope="session")
+def write_causal_lm(bpe_tokenizer, llama_reference):
+    """write_causal_lm(folder, tied=True) -> (reference, ids): a tiny LlamaForCausalLM folder as transformers writes
+    it, with a BPE tokenizer (<|endoftext|> = 0)."""
+
+    def write_causal_lm(folder, tied: bool = True):
+        ids = bpe_tokenizer(folder, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], vocab_size=290)
+        ref = llama_reference(ids["__size__"], kv_heads=2, tied=tied, seed=4)
+        ref.config.bos_token_id, ref.config.eos_token_id = ids["<|endoftext|>"], ids["<|im_end|>"]
+        ref.save_pretrained(str(folder))
+        return ref, ids
+
+    return write_causal_lm

@@ -12,14 +12,9 @@ from textdiffusion.processes import Autoregressive
 
 
 @pytest.fixture(scope="module")
-def causal_folder(tmp_path_factory, bpe_tokenizer, llama_reference):
+def causal_folder(tmp_path_factory, write_causal_lm):
     folder = tmp_path_factory.mktemp("causal")
-    ids = bpe_tokenizer(folder, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], vocab_size=290)
-    ref = llama_reference(ids["__size__"], kv_heads=2, tied=True, seed=7)
-    ref.config.bos_token_id, ref.config.eos_token_id = ids["<|endoftext|>"], ids["<|im_end|>"]
-    ref.generation_config.bos_token_id = ref.config.bos_token_id
-    ref.generation_config.eos_token_id = ref.config.eos_token_id
-    ref.save_pretrained(str(folder))
+    ref, ids = write_causal_lm(folder)
     return folder, ref, ids
 
 

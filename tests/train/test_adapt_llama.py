@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from textdiffusion.api.pipeline import Pipeline
@@ -19,21 +18,6 @@ from textdiffusion.processes import MaskedDiffusion
 from textdiffusion.train import checkpoint as ckpt
 from textdiffusion.train.adapt import annealed_mask
 from textdiffusion.train.adapt_llama import adapted_tokenizer, pretrained_llama, start_token_id
-
-
-@pytest.fixture(scope="module")
-def write_causal_lm(bpe_tokenizer, llama_reference):
-    """write_causal_lm(folder, tied=True) -> (reference, ids): a tiny LlamaForCausalLM folder as transformers writes
-    it, with a BPE tokenizer (<|endoftext|> = 0)."""
-
-    def write_causal_lm(folder, tied: bool = True):
-        ids = bpe_tokenizer(folder, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], vocab_size=290)
-        ref = llama_reference(ids["__size__"], kv_heads=2, tied=tied, seed=4)
-        ref.config.bos_token_id, ref.config.eos_token_id = ids["<|endoftext|>"], ids["<|im_end|>"]
-        ref.save_pretrained(str(folder))
-        return ref, ids
-
-    return write_causal_lm
 
 
 def test_at_annealing_step_0_the_shifted_model_is_the_causal_lm(tmp_path, write_causal_lm):

@@ -19,12 +19,9 @@ PROMPT = "To be, or not"
 
 
 @pytest.fixture(scope="module")
-def causal_lm(tmp_path_factory, bpe_tokenizer, llama_reference):
+def causal_lm(tmp_path_factory, write_causal_lm):
     folder = tmp_path_factory.mktemp("lm")
-    ids = bpe_tokenizer(folder, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], vocab_size=290)
-    ref = llama_reference(ids["__size__"], kv_heads=2, tied=True, seed=4)
-    ref.config.bos_token_id, ref.config.eos_token_id = ids["<|endoftext|>"], ids["<|im_end|>"]
-    ref.save_pretrained(str(folder))
+    ref, ids = write_causal_lm(folder)
     return folder, ref, ids
 
 
