@@ -151,3 +151,58 @@ def test_health_and_prometheus_metrics(server, model_name):
     assert lines['textdiffusion_jobs_total{status="done"}'] >= 1
     assert lines["textdiffusion_forward_passes_total"] >= 1 and lines["textdiffusion_generated_tokens_total"] >= 5
     assert "textdiffusion_running" in lines and "textdiffusion_queued" in lines
+
+
+def test_completion_tokens_count_the_text_returned(server, model_name):
+    """A stop sequence that ends the text early also ends what usage counts."""
+    c = client(server[0])
+    full = c.completions.create(model=model_name, prompt="a", max_tokens=30, n=3, seed=5, extra_body={"steps": 8})
+    text = full.choices[0].text
+    assert full.usage.completion_tokens == 90 and full.usage.total_tokens == 91
+    cut = c.completions.create(model=model_name, prompt="a", max_tokens=30, n=3, seed=5, stop=[text[4:6]],
+                               extra_body={"steps": 8})
+    texts = [choice.text for choice in cut.choices]
+    # byte tokens: a character takes at least one, and no more than its UTF-8 bytes (U+FFFD stands for one)
+    assert sum(map(len, texts)) <= cut.usage.completion_tokens <= sum(len(t.encode()) for t in texts)
+    assert cut.choices[0].finish_reason == "stop" and cut.usage.completion_tokens < 90
+    assert cut.usage.total_tokens == cut.usage.prompt_tokens + cut.usage.completion_tokens
+
+
+def test_models_retrieve(server, model_name):
+    c = client(server[0])
+    model = c.models.retrieve(model_name)
+    assert model.id == model_name and model.object == "model" and "ancestral" in model.model_extra["samplers"]
+    with pytest.raises(openai.NotFoundError) as err:
+        c.models.retrieve("gpt-4o")
+    assert err.value.body["code"] == "model_not_found"
+
+
+def test_chat_roles_agree_with_the_schema(tmp_path, model_name, tiny_pipe, tiny_server):
+    """developer is read as system; tool is refused by the schema, naming the field."""
+    pipe = tiny_pipe()
+    folder = pipe.save_pretrained(tmp_path / "chat-model")
+    (folder / "tokenizer_config.json").write_text('{"chat_template": ' + json.dumps(TEMPLATE) + "}")
+    with tiny_server(pipe, model_dir=folder) as (url, _):
+        c = client(url)
+        args = dict(model=model_name, max_tokens=6, seed=1, extra_body={"steps": 3})
+        developer = c.chat.completions.create(messages=[{"role": "developer", "content": "Be brief."},
+                                                        {"role": "user", "content": "hi"}], **args)
+        system = c.chat.completions.create(messages=[{"role": "system", "content": "Be brief."},
+                                                     {"role": "user", "content": "hi"}], **args)
+        assert developer.choices[0].message.content == system.choices[0].message.content
+        assert developer.usage.prompt_tokens == len("<system>Be brief.\n<user>hi\n<assistant>")
+        with pytest.raises(openai.BadRequestError) as err:
+            c.chat.completions.create(messages=[{"role": "user", "content": "hi"},
+                                                {"role": "tool", "content": "42", "tool_call_id": "x"}], **args)
+        assert err.value.body["param"].startswith("messages.1")
+
+
+def test_openapi_documents_the_statuses_sent(server):
+    schema = httpx.get(f"{server[0]}/openapi.json").json()
+    assert "422" not in json.dumps(schema["paths"]) and "HTTPValidationError" not in json.dumps(schema)
+    for path in ("/v1/completions", "/v1/chat/completions", "/v1/infill", "/v1/score"):
+        responses = schema["paths"][path]["post"]["responses"]
+        assert {"200", "400", "404", "429", "504"} <= set(responses), path
+        error = responses["400"]["content"]["application/json"]["schema"]
+        assert error == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert set(schema["paths"]["/v1/models/{model}"]["get"]["responses"]) == {"200", "404"}

@@ -1,5 +1,5 @@
-"""`textdiffusion serve MODEL_DIR`: a real server process that the openai client talks to, stopped by Ctrl-C;
-bad options are one line and exit status 2."""
+"""`textdiffusion serve MODEL_DIR`: a real server process that the openai client talks to, stopped by Ctrl-C,
+answering only its own Host names by default; bad options are one line and exit status 2."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ def test_serve_command_serves_a_model_folder(tmp_path, free_port, tiny_pipe):
                 pass
             assert time.monotonic() < deadline, "the server did not start"
             time.sleep(0.1)
+        # by default only the bound address and localhost are answered: a DNS-rebound name is not
+        assert httpx.get(f"http://127.0.0.1:{port}/health", headers={"Host": f"evil.example:{port}"}).status_code == 400
+        assert httpx.get(f"http://127.0.0.1:{port}/health", headers={"Host": f"localhost:{port}"}).status_code == 200
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
         assert [m.id for m in client.models.list().data] == ["tiny-model"]  # the folder's name
         out = client.completions.create(model="tiny-model", prompt="Hi", max_tokens=6, seed=0,
@@ -51,7 +54,8 @@ def test_serve_command_serves_a_model_folder(tmp_path, free_port, tiny_pipe):
 def test_bad_serve_options_are_one_line_and_status_2(tmp_path, capsys):
     for args, words in ([["--max-n", "0"], "--max-n must be positive"],
                         [["--batch-wait-ms", "-1"], "--batch-wait-ms must be 0 or more"],
-                        [[str(tmp_path / "missing")], "missing"]):
+                        [[str(tmp_path / "missing")], "missing"],
+                        [["--allowed-hosts", "a.org,,b.org"], "--allowed-hosts must be a comma-separated list"]):
         assert main(["serve", *args]) == 2
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1

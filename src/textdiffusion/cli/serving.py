@@ -33,6 +33,9 @@ def add_commands(command: Command) -> None:
     p.add_argument("--no-batching", action="store_true", help="run every forward pass alone (for comparisons)")
     p.add_argument("--batch-wait-ms", type=float, default=20.0,
                    help="how long a shared forward pass waits for requests still busy between two steps")
+    p.add_argument("--allowed-hosts", default=None, metavar="HOSTS",
+                   help="comma-separated Host header names answered, * for any (default: the bound address and "
+                        "localhost, against DNS rebinding; any host when bound to 0.0.0.0)")
     p.set_defaults(func=cmd_serve)
 
     p = command("chat", "chat with a model: messages from stdin, the reply denoising live in the terminal",
@@ -78,7 +81,8 @@ def cmd_serve(args) -> None:
     if not args.batch_wait_ms >= 0:
         raise UserError(f"--batch-wait-ms must be 0 or more, got {args.batch_wait_ms}")
     run_server(args.model_dir, host=args.host, port=args.port, device=args.device, limits=limits,
-               batching=not args.no_batching, model_name=args.name, max_wait_s=args.batch_wait_ms / 1000)
+               batching=not args.no_batching, model_name=args.name, max_wait_s=args.batch_wait_ms / 1000,
+               allowed_hosts=args.allowed_hosts)
 
 
 def cmd_chat(args) -> None:

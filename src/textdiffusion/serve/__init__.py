@@ -13,17 +13,22 @@ from .engine import Limits
 
 def run_server(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
                limits: Limits | None = None, batching: bool = True, model_name: str | None = None,
-               log_level: str = "info", max_wait_s: float = 0.02) -> None:
-    """Load the model folder and serve it until interrupted."""
+               log_level: str = "info", max_wait_s: float = 0.02, allowed_hosts: str | list[str] | None = None) -> None:
+    """Load the model folder and serve it until interrupted.
+
+    `allowed_hosts`: the Host header names answered (a list, or comma-separated; `*` is any); None: the bound
+    address and localhost, or any host when bound to every interface (0.0.0.0, ::)."""
     import uvicorn
 
     from ..api.pipeline import Pipeline
     from .app import create_app
+    from .middleware import parse_hosts
 
+    hosts = parse_hosts(allowed_hosts, host)  # a bad list fails before the model loads
     pipe = Pipeline.from_pretrained(model_dir, device=device)
     name = model_name or Path(model_dir).resolve().name
     app = create_app(pipe, model_name=name, model_dir=model_dir, limits=limits, batching=batching,
-                     max_wait_s=max_wait_s)
+                     max_wait_s=max_wait_s, allowed_hosts=hosts)
     try:  # lifespan off: on Ctrl-C uvicorn cancels a lifespan task mid-wait and logs its traceback
         uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, lifespan="off")
     finally:

@@ -22,15 +22,16 @@ from fastapi.staticfiles import StaticFiles
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..api.chat import apply_chat_template, find_chat_template
+from ..api.chat import find_chat_template
 from ..api.pipeline import Pipeline
 from ..core.errors import UserError
 from ..samplers import SAMPLERS
 from .engine import DONE, Engine, Job, Limits, Overloaded, Stop
-from .errors import APIError, as_api_error, error_body, validation_message
-from .generation import STARTED, Finished, prepare_completion, prepare_infill
+from .errors import BAD_INPUT, APIError, as_api_error, error_body, input_error, validation_message
+from .generation import STARTED, Finished, check_chars, prepare_chat, prepare_completion, prepare_infill, score_work
 from .metrics import Metrics
-from .schemas import ChatRequest, CompletionRequest, InfillRequest, ScoreRequest
+from .middleware import Guard
+from .schemas import ChatRequest, CompletionRequest, InfillRequest, ScoreRequest, documented, without_422
 from .streaming import Update
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -43,10 +44,11 @@ OFFERED_SAMPLERS = {
 
 def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str | Path | None = None,
                limits: Limits | None = None, batching: bool = True, chat_template: str | None = None,
-               max_wait_s: float = 0.02) -> FastAPI:
+               max_wait_s: float = 0.02, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The server's app for one model. `model_dir` is only read for a chat template, at start-up.
 
-    `max_wait_s`: how long a gathered forward pass waits for requests still busy between two steps."""
+    `max_wait_s`: how long a gathered forward pass waits for requests still busy between two steps.
+    `allowed_hosts`: the Host header names it answers (`*.example.org` for subdomains); None: any."""
     engine = Engine(pipe, limits, batching=batching, max_wait_s=max_wait_s)
     metrics = Metrics(engine)
     # the folder's own template only: our default template (textdiffusion.api.chat) means nothing to a model
@@ -71,6 +73,8 @@ def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, APIError):  # raised while the body was read (too large)
+            return await on_error(request, exc.__cause__)
         message = {404: f"no route {request.url.path}: the API is described at /openapi.json",
                    405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
         return JSONResponse(error_body(message, exc.status_code), status_code=exc.status_code,
@@ -83,33 +87,13 @@ def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str
         return JSONResponse(error_body(err.message, err.status, err.param, err.code), status_code=err.status,
                             headers=err.headers)
 
-    for kind in (APIError, UserError, Overloaded, Stop, Exception):  # Exception last: a 500, logged
+    for kind in (APIError, UserError, Overloaded, Stop):  # anything else: Guard's 500, logged
         app.add_exception_handler(kind, on_error)
 
-    class CountRequests:
-        """Counts requests by route and status (plain ASGI: streams and their disconnects pass through untouched)."""
-
-        def __init__(self, inner):
-            self.inner = inner
-
-        async def __call__(self, scope, receive, send) -> None:
-            if scope["type"] != "http":
-                return await self.inner(scope, receive, send)
-            start, status = time.perf_counter(), [500]
-
-            async def sending(message) -> None:
-                if message["type"] == "http.response.start":
-                    status[0] = message["status"]
-                await send(message)
-
-            try:
-                await self.inner(scope, receive, sending)
-            finally:
-                path = getattr(scope.get("route"), "path", "other")
-                metrics.requests.labels(path, str(status[0])).inc()
-                metrics.latency.labels(path).observe(time.perf_counter() - start)
-
-    app.add_middleware(CountRequests)
+    # a body holds at most 8 bytes per character of text (JSON escapes), plus the other fields
+    app.add_middleware(Guard, metrics=metrics, allowed_hosts=allowed_hosts,
+                       max_body=lambda: 8 * max(engine.limits.max_score_chars, engine.limits.max_input_chars) + 65536)
+    app.openapi = lambda: without_422(FastAPI.openapi(app))  # FastAPI builds it once; 422 is never sent
 
     def check_model(name: str | None) -> None:
         if name is not None and name != model_name:
@@ -117,6 +101,13 @@ def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str
                                 "(GET /v1/models)", param="model", code="model_not_found")
 
     # ---- running a request -----------------------------------------------------------------------
+    async def prepare(fn: Callable, *args):
+        """Tokenizing and chat templates, in a helper thread; what the input makes them raise is a 400."""
+        try:
+            return await engine.prepare(fn, *args)
+        except BAD_INPUT as exc:
+            raise input_error(exc) from exc
+
     async def start(work: Callable[[Job], object], request: Request) -> Job:
         """Submit the work and wait until its sampler has accepted the options (or refused them): a bad
         option is a 400, not an error inside a stream. A client that leaves while waiting cancels the job."""
@@ -198,22 +189,30 @@ def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/v1/models")
-    async def models() -> dict:
+    def model_card() -> dict:
         process = pipe.process
         known = OFFERED_SAMPLERS.get(process.name, (process.default_sampler,))
         samplers = [name for name in known if name in SAMPLERS and _runs(pipe, name)]
-        return {"object": "list", "data": [{
-            "id": model_name, "object": "model", "created": created, "owned_by": "textdiffusion",
-            "seq_len": pipe.seq_len, "process": process.name, "default_sampler": process.default_sampler,
-            "samplers": samplers, "chat_template": chat is not None,
-            "limits": vars(engine.limits)}]}
+        return {"id": model_name, "object": "model", "created": created, "owned_by": "textdiffusion",
+                "seq_len": pipe.seq_len, "process": process.name, "default_sampler": process.default_sampler,
+                "samplers": samplers, "chat_template": chat is not None, "limits": vars(engine.limits)}
 
-    @app.post("/v1/completions")
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model:path}", responses=documented(404))
+    async def model_info(model: str) -> dict:
+        check_model(model)
+        return model_card()
+
+    @app.post("/v1/completions", responses=documented(400, 404, 413, 429, 500, 504))
     async def completions(body: CompletionRequest, request: Request):
         check_model(body.model)
         prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-        prepared = prepare_completion(engine.pipe, body, engine.limits, prompt, body.max_tokens, body.stop)
+        check_chars(len(prompt), engine.limits, "prompt")
+        prepared = await prepare(prepare_completion, engine.pipe, body, engine.limits, prompt, body.max_tokens,
+                                 body.stop)
         job = await start(prepared.work, request)
         ident, now = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         head = {"id": ident, "object": "text_completion", "created": now, "model": model_name}
@@ -247,17 +246,18 @@ def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str
                                     for i, (text, _, reason) in enumerate(result.rows)],
                 "usage": usage(result), "diffusion": info(prepared, result)}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=documented(400, 404, 413, 429, 500, 504))
     async def chat_completions(body: ChatRequest, request: Request):
         check_model(body.model)
         if chat is None:
             raise APIError(400, f"model {model_name!r} has no chat template (its tokenizer folder has no "
                                 "chat_template.jinja and no chat_template in tokenizer_config.json): use "
                                 "/v1/completions with a plain prompt", param="messages", code="no_chat_template")
-        prompt = apply_chat_template(engine.pipe.tokenizer, [m.model_dump(exclude_none=True) for m in body.messages],
-                                     template=chat)
-        max_tokens = body.max_completion_tokens or body.max_tokens
-        prepared = prepare_completion(engine.pipe, body, engine.limits, prompt, max_tokens, body.stop)
+        # a developer message is OpenAI's newer name for a system message
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content}
+                    for m in body.messages]
+        check_chars(sum(len(m["content"]) for m in messages), engine.limits, "messages")
+        prepared = await prepare(prepare_chat, engine.pipe, body, engine.limits, messages, chat)
         job = await start(prepared.work, request)
         ident, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         head = {"id": ident, "created": now, "model": model_name}
@@ -293,10 +293,11 @@ def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str
                              "finish_reason": reason} for i, (text, _, reason) in enumerate(result.rows)],
                 "usage": usage(result), "diffusion": info(prepared, result)}
 
-    @app.post("/v1/infill")
+    @app.post("/v1/infill", responses=documented(400, 404, 413, 429, 500, 504))
     async def infill(body: InfillRequest, request: Request):
         check_model(body.model)
-        prepared = prepare_infill(engine.pipe, body, engine.limits, body.prompt)
+        check_chars(len(body.prompt), engine.limits, "prompt")
+        prepared = await prepare(prepare_infill, engine.pipe, body, engine.limits, body.prompt)
         job = await start(prepared.work, request)
         head = {"id": f"infill-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model_name}
         if body.stream:
@@ -319,7 +320,7 @@ def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str
                             for i, (text, _, _) in enumerate(result.rows)],
                 "usage": usage(result), "diffusion": info(prepared, result)}
 
-    @app.post("/v1/score")
+    @app.post("/v1/score", responses=documented(400, 404, 413, 429, 500, 504))
     async def score(body: ScoreRequest, request: Request):
         check_model(body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
@@ -328,11 +329,7 @@ def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str
                                 f"limit of {engine.limits.max_score_chars:,} per request: split it", param="input",
                            code="invalid_value")
 
-        def work(job: Job) -> list:
-            job.push(STARTED)
-            return engine.pipe.score(texts, t_samples=body.t_samples, seed=body.seed, progress=False)
-
-        job = await start(work, request)
+        job = await start(score_work(engine.pipe, texts, body.t_samples, body.seed, engine.limits), request)
         results = await finish_plain(request, job)
         return {"object": "list", "model": model_name, "data": [
             {"object": "score", "index": i, "nats_per_token": _finite(r.nats_per_token),

@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import nn
+
 from ..api.pipeline import Pipeline
 from ..core.precision import inference_context
 from ..samplers import Frame
@@ -35,7 +37,9 @@ class Limits:
     max_seconds: float = 120.0  # wall time of one request, from the moment it starts running
     max_running: int = 64  # requests sampling at once (their steps share forward passes)
     max_queue: int = 64  # requests waiting for a slot; one more gets HTTP 429
-    max_score_chars: int = 200_000  # text per /v1/score request (scoring has no steps to stop between)
+    max_score_chars: int = 200_000  # text per /v1/score request
+    max_score_work: int = 2_000_000  # tokens x t_samples of one /v1/score request (each draw is a forward pass)
+    max_input_chars: int = 100_000  # text a completion, chat or infill request brings (all messages together)
 
 
 DONE = object()  # the last event of every job: its future is settled
@@ -114,10 +118,35 @@ class Job:
         self.last_frame = frame
         if self.on_frame is not None and self.on_frame(frame):
             raise Stop("stopped")
+        self.check()
+
+    def check(self) -> None:
+        """Raise Stop when the request's client has gone or it ran past its time limit (worker thread)."""
         if self.cancel_reason is not None:
             raise Stop(self.cancel_reason)
-        if time.monotonic() - self.started > self.max_seconds:
+        if self.started is not None and time.monotonic() - self.started > self.max_seconds:
             raise Stop("timeout")
+
+
+class CheckedModel(nn.Module):
+    """The model for work without steps (scoring): every forward first checks that its job may go on, so
+    a request is stopped between two forward passes when its client leaves or its time runs out."""
+
+    def __init__(self, model: nn.Module, job: Job):
+        super().__init__()
+        self.inner, self.cfg, self._job = model, getattr(model, "cfg", None), job
+
+    def __getattr__(self, name: str) -> object:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("__") or "_modules" not in self.__dict__:
+                raise
+            return getattr(self._modules["inner"], name)
+
+    def forward(self, *args, **kwargs):
+        self._job.check()
+        return self.inner(*args, **kwargs)
 
 
 class Engine:
@@ -130,6 +159,8 @@ class Engine:
         self.pipe = Pipeline(BatchedModel(pipe.model, self.batcher), pipe.process, pipe.tokenizer, pipe.config,
                              pipe.precision)
         self.executor = ThreadPoolExecutor(max_workers=self.limits.max_running, thread_name_prefix="textdiffusion")
+        # tokenizing and chat templates: never in the event loop, never many at once
+        self.prep = ThreadPoolExecutor(max_workers=2, thread_name_prefix="textdiffusion-prep")
         self._lock = threading.Lock()
         self.running = 0
         self.queued = 0
@@ -200,6 +231,11 @@ class Engine:
                 self.on_finish(record)
         self._settle(job, result, error)
 
+    async def prepare(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(*args)` (tokenizing, a chat template) in a helper thread: the event loop stays free."""
+        return await asyncio.get_running_loop().run_in_executor(self.prep, lambda: fn(*args))
+
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.prep.shutdown(wait=False, cancel_futures=True)
         self.batcher.close()

@@ -22,10 +22,12 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
+# the error's `type` by status; other 4xx are invalid_request_error, other 5xx server_error
+KINDS = {429: "rate_limit_error", 504: "timeout"}
+
+
 def error_body(message: str, status: int, param: str | None = None, code: str | None = None) -> dict:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    if status == 429:
-        kind = "rate_limit_error"
+    kind = KINDS.get(status, "invalid_request_error" if status < 500 else "server_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
@@ -37,10 +39,24 @@ def as_api_error(exc: BaseException) -> APIError:
     if isinstance(exc, Overloaded):
         return APIError(429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, Stop) and exc.reason == "timeout":
-        return APIError(400, "the request ran past this server's time limit per request: ask for fewer steps, "
-                             "tokens or samples", code="time_limit_exceeded")
+        # 504, type "timeout": it may well pass when the server is less busy, and clients retry a 5xx
+        return APIError(504, "the request ran past this server's time limit per request (--max-seconds): retry "
+                             "later, or ask for less work (fewer steps, tokens, samples or t_samples)",
+                        code="time_limit_exceeded")
     log.exception("request failed", exc_info=exc)
     return APIError(500, f"internal error: {type(exc).__name__}", code="internal_error")
+
+
+BAD_INPUT = (ValueError, OverflowError, RecursionError)  # UserError is a ValueError
+
+
+def input_error(exc: BaseException) -> APIError:
+    """What reading or preparing a request raised (a chat template that fails on the messages, a text the
+    tokenizer refuses): the request's fault, a 400, never a 500."""
+    if isinstance(exc, UserError):
+        return as_api_error(exc)
+    text = " ".join(str(exc).split())[:300]
+    return APIError(400, f"the request could not be prepared ({type(exc).__name__}): {text}", code="invalid_value")
 
 
 # pydantic names the member of a union that failed ("constrained-str", "list[int]"): not a field

@@ -1,18 +1,22 @@
 """One request's work: check it against the limits, run it through `Pipeline`, gather its text.
 
-`prepare_*` run in the event loop and raise UserError (HTTP 400) for anything wrong that can be seen
-before sampling; `Prepared.work` runs in a worker thread (engine.py) and returns a `Finished`.
+`prepare_*` run in a helper thread (they tokenize; the event loop never does) and raise UserError (HTTP
+400) for anything wrong that can be seen before sampling; `Prepared.work` runs in a worker thread
+(engine.py) and returns a `Finished`. `score_work` is the work of /v1/score.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..api.chat import apply_chat_template
 from ..api.pipeline import Pipeline
 from ..core.errors import UserError
-from ..samplers import Frame
-from .engine import Job, Limits, Stop
+from ..samplers import SAMPLERS, Frame
+from .engine import CheckedModel, Job, Limits, Stop
 from .schemas import SamplingFields
 from .streaming import TextTracker, Update, merge_updates
 
@@ -76,9 +80,12 @@ class Prepared:
                 raise
             ids, fills, stopped_early = job.last_frame.ids, [], True
         rows = self.tracker.finish(ids)
-        generated = ids.shape[1] - self.tracker.start if self.kind != "infill" else int(
-            (self.pipe.encode_gapped(self.infill_text)[0] == self.pipe.tokenizer.mask_id).sum())
-        return Finished(rows, self.prompt_tokens, generated * self.n, job.frames, fills, stopped_early)
+        if self.kind == "infill":  # every gap is filled
+            gapped = self.pipe.encode_gapped(self.infill_text)[0]
+            generated = self.n * int((gapped == self.pipe.tokenizer.mask_id).sum())
+        else:  # the tokens of the text returned: a stop sequence or [EOS] may have ended it early
+            generated = sum(self.tracker.tokens)
+        return Finished(rows, self.prompt_tokens, generated, job.frames, fills, stopped_early)
 
 
 def _stops(stop: str | list[str] | None) -> list[str]:
@@ -97,6 +104,12 @@ def _common(pipe: Pipeline, req: SamplingFields, limits: Limits) -> tuple[str, d
     clash = {"steps", "temperature", "top_p"} & set(options)
     if clash:
         raise UserError(f"give {', '.join(sorted(clash))} as top-level fields, not inside options")
+    # only the sampler's own options: never the pipeline's arguments (seed, prompt, length, on_step, ...)
+    known = {f.name for f in dataclasses.fields(SAMPLERS[sampler][0])} - {"eos_id"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UserError(f"sampler {sampler!r} has no option {', '.join(unknown)}; its options are "
+                        f"{', '.join(sorted(known))}" + ("; seed is a top-level field" if "seed" in unknown else ""))
     options.update({k: v for k, v in {"steps": req.steps, "temperature": req.temperature,
                                       "top_p": req.top_p}.items() if v is not None})
     seed = req.seed if req.seed is not None else secrets.randbelow(2**31 - 1)
@@ -124,6 +137,42 @@ def prepare_completion(pipe: Pipeline, req: SamplingFields, limits: Limits, prom
                           stop_at_eos=True)
     return Prepared(pipe, "completion", sampler, options, seed, req.n, _stops(stop), req.stream_mode,
                     prompt=prompt or None, prompt_tokens=len(prompt_ids), length=length, tracker=tracker)
+
+
+def check_chars(chars: int, limits: Limits, param: str) -> None:
+    """Refuse, before any work, a text larger than the server takes (checked in the event loop: only a sum)."""
+    if chars > limits.max_input_chars:
+        raise UserError(f"{param} holds {chars:,} characters, more than this server's limit of "
+                        f"{limits.max_input_chars:,} per request: shorten it")
+
+
+def prepare_chat(pipe: Pipeline, req, limits: Limits, messages: list[dict], template: str) -> Prepared:
+    """The chat prompt under the model's template, then `prepare_completion`. What the template raises on
+    these messages (UserError, ValueError, OverflowError) is the caller's to turn into a 400."""
+    prompt = apply_chat_template(pipe.tokenizer, messages, template=template)
+    if len(prompt) > limits.max_input_chars:
+        raise UserError(f"the chat template made a prompt of {len(prompt):,} characters from these messages, more "
+                        f"than this server's limit of {limits.max_input_chars:,}: send fewer or shorter messages")
+    max_tokens = req.max_completion_tokens or req.max_tokens
+    return prepare_completion(pipe, req, limits, prompt, max_tokens, req.stop)
+
+
+def score_work(pipe: Pipeline, texts: list[str], t_samples: int, seed: int, limits: Limits) -> Callable[[Job], list]:
+    """The work of a /v1/score request: refused before it starts when its tokens x draws exceed the server's
+    limit, stopped between two forward passes when its client leaves or its time runs out."""
+
+    def work(job: Job) -> list:
+        draws = 1 if pipe.process.exact_likelihood else t_samples
+        tokens = sum(len(pipe.tokenizer.encode(text)) for text in texts)
+        if tokens * draws > limits.max_score_work:
+            raise UserError(f"scoring {tokens:,} tokens with t_samples={draws} is {tokens * draws:,} token-draws, more "
+                            f"than this server's limit of {limits.max_score_work:,} per request: send less text or "
+                            "fewer t_samples")
+        job.push(STARTED)
+        checked = Pipeline(CheckedModel(pipe.model, job), pipe.process, pipe.tokenizer, pipe.config, pipe.precision)
+        return checked.score(texts, t_samples=t_samples, seed=seed, progress=False)
+
+    return work
 
 
 def prepare_infill(pipe: Pipeline, req: SamplingFields, limits: Limits, text: str) -> Prepared:

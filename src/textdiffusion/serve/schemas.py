@@ -84,7 +84,8 @@ class CompletionRequest(_Unsupported, SamplingFields):
 
 
 class ChatMessage(_Body):
-    role: Literal["system", "user", "assistant", "developer", "tool"]
+    role: Literal["system", "user", "assistant", "developer"] = Field(
+        description="developer is read as system (OpenAI's newer name for it); tool messages are not supported")
     content: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
     name: Annotated[str, Field(max_length=64)] | None = None
 
@@ -111,3 +112,42 @@ class ScoreRequest(_Body):
     t_samples: Annotated[int, Field(ge=1, le=256)] = Field(
         32, description="Monte Carlo draws of the noise level per window (diffusion models)")
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error (4xx), rate_limit_error (429), timeout (504), "
+                                  "server_error (other 5xx)")
+    param: str | None = Field(None, description="the field at fault")
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error, OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+STATUSES = {
+    400: "a bad field, a limit exceeded (named in the message), or a Host header the server does not answer to",
+    404: "the model is not the one served here",
+    413: "the request body is larger than the server reads",
+    429: "the server is busy (queue full): retry after the Retry-After header's seconds",
+    500: "an internal error (sent with Connection: close)",
+    504: "the request ran past the server's time limit per request (--max-seconds): retry later or ask for less",
+}
+
+
+def documented(*statuses: int) -> dict:
+    """The error responses of a route, for the OpenAPI schema."""
+    return {status: {"model": ErrorResponse, "description": STATUSES[status]} for status in statuses}
+
+
+def without_422(schema: dict) -> dict:
+    """FastAPI documents 422 for every route with a body; this server answers a bad body with 400 (in place)."""
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            operation.get("responses", {}).pop("422", None)
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema.get("components", {}).get("schemas", {}).pop(name, None)
+    return schema

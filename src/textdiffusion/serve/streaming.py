@@ -53,6 +53,7 @@ class TextTracker:
         self.rows = [RowState() for _ in range(n)]
         self.hold = max((len(s) for s in stops), default=1) - 1  # a stop sequence may still be completing
         self._pieces: dict[int, str] = {}
+        self.tokens: list[int] = []  # after finish: per row, the tokens of the text returned
 
     def piece(self, token: int) -> str:
         if token not in self._pieces:
@@ -124,7 +125,23 @@ class TextTracker:
             rest = text[len(row.sent):] if text.startswith(row.sent) else text
             row.sent = text
             out.append((text, rest, "stop" if stopped else "length"))
+            self.tokens.append(self._tokens_of(row_ids[self.start:], text))
         return out
+
+    def _tokens_of(self, ids: torch.Tensor, text: str) -> int:
+        """How many of a row's written tokens make up `text`: the fewest whose decoding begins with it
+        ([MASK]s, and whatever follows an [EOS] that ended the text, are not counted)."""
+        kept = [x for x in ids[: self._eos_end(ids)].tolist() if x != self.tok.mask_id]
+        low, high = 0, len(kept)
+        if self.tok.decode(kept, mask_char=None) == text:
+            return high
+        while low < high:  # decoding a longer prefix only adds text after it
+            mid = (low + high) // 2
+            if self.tok.decode(kept[:mid], mask_char=None).startswith(text):
+                high = mid
+            else:
+                low = mid + 1
+        return low
 
 
 def merge_updates(waiting: list[Update], new: list[Update]) -> None:
