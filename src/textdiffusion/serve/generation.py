@@ -17,7 +17,7 @@ from ..api.pipeline import Pipeline
 from ..core.errors import UserError
 from ..samplers import SAMPLERS, Frame
 from .engine import CheckedModel, Job, Limits, Stop
-from .schemas import SamplingFields
+from .schemas import ChatRequest, CompletionRequest, SamplingFields
 from .streaming import TextTracker, Update, merge_updates
 
 STARTED = "started"  # the first event of every job: its sampler accepted the options
@@ -116,9 +116,19 @@ def _common(pipe: Pipeline, req: SamplingFields, limits: Limits) -> tuple[str, d
     return sampler, options, seed
 
 
-def prepare_completion(pipe: Pipeline, req: SamplingFields, limits: Limits, prompt: str, max_tokens: int | None,
-                       stop: str | list[str] | None) -> Prepared:
+def _stop_ids(pipe: Pipeline, ids: list[int] | None) -> frozenset[int]:
+    """vLLM's stop_token_ids, checked against the tokenizer: a real token, never [MASK] (the canvas is full of it)."""
+    bad = sorted({i for i in ids or () if i >= pipe.tokenizer.vocab_size or i == pipe.tokenizer.mask_id})
+    if bad:
+        raise UserError(f"stop_token_ids holds {', '.join(map(str, bad))}: the ids must be below the vocabulary size "
+                        f"{pipe.tokenizer.vocab_size} and not [MASK] ({pipe.tokenizer.mask_id})")
+    return frozenset(ids or ())
+
+
+def prepare_completion(pipe: Pipeline, req: CompletionRequest | ChatRequest, limits: Limits, prompt: str,
+                       max_tokens: int | None, stop: str | list[str] | None) -> Prepared:
     sampler, options, seed = _common(pipe, req, limits)
+    stop_ids = _stop_ids(pipe, req.stop_token_ids)
     prompt_ids = pipe.tokenizer.encode(prompt) if prompt else []
     bound = pipe.max_length(sampler)
     limit = bound if bound is not None else limits.max_length
@@ -134,7 +144,8 @@ def prepare_completion(pipe: Pipeline, req: SamplingFields, limits: Limits, prom
                         + (" on this server)" if bound is None else "; samplers 'block' and 'semi_ar' write more)"))
     length = len(prompt_ids) + max_tokens
     tracker = TextTracker(pipe.tokenizer, len(prompt_ids), req.n, sampler, _stops(stop), req.stream_mode,
-                          stop_at_eos=True)
+                          stop_at_eos=not req.ignore_eos, stop_ids=stop_ids,
+                          include_stop=req.include_stop_str_in_output)
     return Prepared(pipe, "completion", sampler, options, seed, req.n, _stops(stop), req.stream_mode,
                     prompt=prompt or None, prompt_tokens=len(prompt_ids), length=length, tracker=tracker)
 

@@ -63,7 +63,37 @@ class _Unsupported(_Body):
     @classmethod
     def _neutral(cls, value, info):
         if value not in (None, 0, False, {}):
-            raise ValueError(f"{info.field_name} is not supported by diffusion sampling: leave it out")
+            raise ValueError(f"{info.field_name}={value!r} is not supported by diffusion sampling (not implemented "
+                             "here): leave it out, or send its neutral value (0, null, {})")
+        return value
+
+
+class Extras(_Body):
+    """vLLM's extra sampling fields that clients send (lm-eval, vLLM-targeting code): those that are stop logic or
+    post-processing are honoured; the others, which our samplers have no knob for, only at their neutral value."""
+
+    top_k: int | None = Field(None, description="not supported: only -1, 0 or null (no top-k)")
+    min_p: float | None = Field(None, description="not supported: only 0 or null")
+    min_tokens: int | None = Field(None, description="not supported: only 0 or null")
+    stop_token_ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=16)] | None = Field(
+        None, description="token ids that end the text where one is first written (the token is not returned)")
+    ignore_eos: StrictBool = Field(False, description="true: [EOS] does not end the text (it is dropped)")
+    include_stop_str_in_output: StrictBool = Field(
+        False, description="true: the text returned ends with the stop sequence that ended it")
+    skip_special_tokens: StrictBool = Field(True, description="only true: special tokens are never returned as text")
+
+    @field_validator("top_k", "min_p", "min_tokens", "skip_special_tokens", check_fields=False)
+    @classmethod
+    def _neutral_extra(cls, value, info):
+        why = {"top_k": "the samplers cut by top_p, not top_k: send top_p, or top_k -1, 0 or null",
+               "min_p": "the samplers cut by top_p, not min_p: send top_p, or min_p 0 or null",
+               "min_tokens": "a diffusion sampler writes every position at once, so it cannot hold back [EOS] or "
+                             "a stop sequence for the first tokens: send 0 or null",
+               "skip_special_tokens": "special tokens are never returned as text here: send true or leave it out"}
+        neutral = {"top_k": (None, 0, -1), "min_p": (None, 0), "min_tokens": (None, 0),
+                   "skip_special_tokens": (True,)}[info.field_name]
+        if value not in neutral:
+            raise ValueError(f"{info.field_name}={value!r} is not supported: {why[info.field_name]}")
         return value
 
 
@@ -71,7 +101,7 @@ Stop = Annotated[str, Field(min_length=1, max_length=64)] | Annotated[
     list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=4)] | None
 
 
-class CompletionRequest(_Unsupported, SamplingFields):
+class CompletionRequest(Extras, _Unsupported, SamplingFields):
     model: Annotated[str, Field(max_length=256)]
     prompt: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | Annotated[
         list[Annotated[str, Field(max_length=MAX_TEXT_CHARS)]], Field(min_length=1, max_length=1)] = ""
@@ -90,7 +120,7 @@ class ChatMessage(_Body):
     name: Annotated[str, Field(max_length=64)] | None = None
 
 
-class ChatRequest(_Unsupported, SamplingFields):
+class ChatRequest(Extras, _Unsupported, SamplingFields):
     model: Annotated[str, Field(max_length=256)]
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=256)]
     max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None

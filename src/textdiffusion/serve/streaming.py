@@ -5,8 +5,9 @@ changes a revealed token (MDLM's SUBS property, and the confidence, threshold, b
 semi-AR and AR samplers); the final text of a row is its decoded prefix up to the first [MASK]. For
 samplers that do revise tokens (ReMDM, D3PM, SEDD) nothing is final before the last step.
 `denoise` mode adds every step's full canvas and the positions that changed (what the filmstrip shows).
-Stop sequences cut a row's text where they first appear, and so does [EOS] in a completion (a model trained
-with [EOS] padding, as SFT does, writes its answer and then [EOS]s); once every row has stopped the work may end.
+Stop sequences cut a row's text where they first appear (after them with `include_stop`), and so does [EOS] in a
+completion (a model trained with [EOS] padding, as SFT does, writes its answer and then [EOS]s) and any of
+`stop_ids`; once every row has stopped the work may end.
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ class TextTracker:
     """Follows one request's frames: rows [n, L], of which positions `start:` are the text it returns."""
 
     def __init__(self, tokenizer: Tokenizer, start: int, n: int, sampler: str, stops: list[str],
-                 mode: str = "append", stop_at_eos: bool = False):
+                 mode: str = "append", stop_at_eos: bool = False, stop_ids: frozenset[int] = frozenset(),
+                 include_stop: bool = False):
         self.tok, self.start, self.mode, self.stops = tokenizer, start, mode, stops
-        self.stop_at_eos = stop_at_eos
+        self.stop_ids = sorted(set(stop_ids) | ({tokenizer.eos_id} if stop_at_eos else set()))
+        self.include_stop = include_stop
         self.monotone = sampler in MONOTONE_SAMPLERS
         self.rows = [RowState() for _ in range(n)]
         self.hold = max((len(s) for s in stops), default=1) - 1  # a stop sequence may still be completing
@@ -61,14 +64,17 @@ class TextTracker:
         return self._pieces[token]
 
     def _cut(self, text: str, at_eos: bool = False) -> tuple[str, bool]:
-        cuts = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        return (text[: min(cuts)], True) if cuts else (text, at_eos)
+        cuts = [(i, -len(s)) for i, s in ((text.find(s), s) for s in self.stops) if i >= 0]
+        if not cuts:
+            return text, at_eos
+        at, minus_len = min(cuts)  # the first stop sequence; of two at one place, the longer
+        return text[: at - minus_len if self.include_stop else at], True
 
     def _eos_end(self, ids: torch.Tensor) -> int | None:
-        """Where the row's first [EOS] is, when [EOS] ends this request's text."""
-        if not self.stop_at_eos:
+        """Where the row's first stop token is ([EOS] when it ends this request's text, or one of `stop_ids`)."""
+        if not self.stop_ids:
             return None
-        found = (ids == self.tok.eos_id).nonzero()
+        found = torch.isin(ids, torch.tensor(self.stop_ids, device=ids.device)).nonzero()
         return int(found[0]) if len(found) else None
 
     def _final_prefix(self, ids: torch.Tensor) -> tuple[str, bool]:
