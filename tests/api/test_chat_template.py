@@ -105,3 +105,26 @@ def test_bad_conversation_files_name_the_line(tmp_path, line, message):
         read_conversations(path)
     path.write_text(good + "\n\n" + json.dumps(CONVERSATION[1:3]) + "\n")  # a bare list works too; blanks skip
     assert read_conversations(path) == [CONVERSATION[1:3]] * 2
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{{ 'A' * 4000000000 }}", "a repeated text or list of 4,000,000,000 items, over the limit of 1,000,000"),
+    ("{{ [0] * 4000000000 }}", "a repeated text or list of 4,000,000,000 items"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+     "ranges of 1,100,000 items in all, over the limit of 1,000,000"),
+    ("{{ 'a'|center(4000000000) }}", "a padded text of 4,000,000,000 characters"),
+    ("{{ 10 ** 100000000 }}", "a number of 400,000,000 bits, over the limit of 64,000,000"),
+    ("{% for i in range(20000) %}{{ 'x' * 100 }}{% endfor %}", "an output of 1,000,100 characters, over the limit"),
+])
+def test_templates_are_bounded_in_output_and_work(template, message):
+    """A folder's template is user input: what would take all memory or time is refused in one line."""
+    with pytest.raises(UserError, match="fix the model folder's chat template") as err:
+        apply_chat_template(ByteTokenizer(), CONVERSATION[:2], template=template)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bounded_templates_still_loop_repeat_and_pad():
+    template = ("{% for m in messages %}{{ '=' * 3 }}{{ m['role']|center(10) }}{% for i in range(2) %}{{ i }}"
+                "{% endfor %}{% endfor %}{{ 2 ** 10 }}")
+    assert apply_chat_template(ByteTokenizer(), CONVERSATION[:2], template=template) == \
+        "===  system  01===   user   011024"

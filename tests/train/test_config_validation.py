@@ -19,7 +19,7 @@ from textdiffusion.train.trainer import Trainer
 BAD = [
     (["data.source=/no/such/corpus.txt"], "data.source", "an existing file or folder"),
     (["data.tokenizer=wordpiece"], "data.tokenizer", "byte, bpe, gpt2 or a folder"),
-    (["data.vocab_size=100"], "data.vocab_size", "an integer >= 261"),
+    (["data.vocab_size=100"], "data.vocab_size", "an integer in [261, 1048576]"),
     (["data.seq_len=0"], "data.seq_len", "an integer in [2, 1048576], got 0"),
     (["data.seq_len=-64"], "data.seq_len", "got -64"),
     (["data.seq_len=1"], "data.seq_len", "got 1"),

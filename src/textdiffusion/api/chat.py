@@ -11,7 +11,8 @@ Dream, SmolLM2 folders); our own models use `DEFAULT_TEMPLATE`, plain role marke
     <|system|>\\nYou are terse.\\n<|user|>\\nHello\\n<|assistant|>\\nHi.\\n
 
 with `<|assistant|>\\n` as the generation prompt; a reply ends where the model writes [EOS]. Templates are
-rendered in Jinja's immutable sandbox: a folder's template cannot reach Python objects.
+rendered in Jinja's immutable sandbox, bounded in output and work (api/template_sandbox.py): a folder's
+template cannot reach Python objects, nor take all memory or time.
 """
 
 from __future__ import annotations
@@ -142,16 +143,15 @@ def render(template: str, messages: list[dict[str, str]], add_generation_prompt:
            eos_token: str = "") -> str:
     """Render a Jinja chat template in the sandbox; its errors become one-line UserErrors."""
     from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from .template_sandbox import render_bounded  # bounded in output and work
 
     def raise_exception(message: str) -> None:  # HF templates call this on a conversation they refuse
         raise UserError(f"the chat template refused the messages: {message}")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
     try:
-        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                bos_token=bos_token, eos_token=eos_token)
+        return render_bounded(template, messages=messages, add_generation_prompt=add_generation_prompt,
+                              bos_token=bos_token, eos_token=eos_token, raise_exception=raise_exception)
     except TemplateError as exc:
         raise UserError(f"the chat template could not render these messages: {' '.join(str(exc).split())}") \
             from exc

@@ -26,6 +26,7 @@ from ..models import Transformer
 from ..processes import DiffusionProcess
 from ..processes.likelihood import LikelihoodResult, nelbo
 from ..samplers import FAMILY_SAMPLERS, SAMPLERS, Frame, check_config
+from .cost import check_passes, sampler_passes
 from .infill import parse_gaps
 from .output import GenerationOutput
 from .scoring import BLOCK_CHARS, read_text_blocks, score_pieces
@@ -130,9 +131,8 @@ class Pipeline:
         _, config_cls, _ = self._sampler(sampler)
         return None if getattr(config_cls, "unbounded_length", False) else self.seq_len
 
-    def _run_sampler(self, x: torch.Tensor, sampler: str, seed: int | None, return_frames: bool,
-                     on_step: Callable[[Frame], None] | None, options: dict,
-                     progress: bool | None = None) -> tuple:
+    def _config(self, sampler: str | None, options: dict, batch: int, length: int) -> tuple:
+        """(sampler name, checked config, function), once the run's memory and time fit (api/cost.py)."""
         sampler, config_cls, fn = self._sampler(sampler)
         options = {k: v for k, v in options.items() if v is not None}
         known = {f.name: f for f in dataclasses.fields(config_cls)}
@@ -146,6 +146,19 @@ class Pipeline:
             options["cache"] = "none"  # samplers whose cache is a kind ("none", "prefix", "dual"): no cache
         cfg = config_cls(**options)
         check_config(cfg, f"sampler {sampler!r}")
+        rows, passes = sampler_passes(cfg)
+        if self.process.name in ("diffuser", "edit_flow"):  # an edit canvas grows to the model's length
+            length = max(length, self.seq_len)
+        sizes = "the number of samples (-n) or the length (--length)" if rows == 1 else \
+            "beam x revisions (--option beam=B --option revisions=R) or the number of samples (-n)"
+        check_passes(self.model, self.tokenizer.vocab_size, f"sampler {sampler!r}", batch * rows, length, passes,
+                     f"lower {sizes}", f"lower the steps (--steps), {sizes}")
+        return sampler, cfg, fn
+
+    def _run_sampler(self, x: torch.Tensor, sampler: str, seed: int | None, return_frames: bool,
+                     on_step: Callable[[Frame], None] | None, options: dict,
+                     progress: bool | None = None) -> tuple:
+        sampler, cfg, fn = self._config(sampler, options, *x.shape)
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
         # in thousandths of the run: every sampler's frames carry t, the fraction of its work left (1 -> 0),
@@ -215,6 +228,7 @@ class Pipeline:
         if length <= 0 or (limit is not None and length > limit):
             raise UserError(f"length must be from 1 to the model's {self.seq_len} tokens, got {length}"
                             + ("" if length <= 0 else ": samplers 'block' and 'semi_ar' write longer texts"))
+        self._config(sampler, sampler_options, num_samples, length)  # refused before the batch is allocated
         x = torch.full((num_samples, length), self.tokenizer.mask_id, dtype=torch.long)
         if prompt is not None:
             ids = self.tokenizer.encode(prompt)

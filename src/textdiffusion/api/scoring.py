@@ -19,6 +19,7 @@ from ..core.progress import progress_bar
 from ..data.tokenizers import Tokenizer
 from ..processes import DiffusionProcess
 from ..processes.likelihood import LikelihoodResult, nelbo_samples
+from .cost import check_passes
 
 
 class Scoring(Protocol):
@@ -90,6 +91,11 @@ def score_pieces(pipe: Scoring, pieces: Iterable[tuple[str, int]], t_samples: in
 
     def score_windows(chunks: torch.Tensor) -> None:
         nonlocal batches
+        if batches == 0:  # the first batch's draws, before they run
+            check_passes(pipe.model, pipe.tokenizer.vocab_size, "scoring", len(chunks), chunks.shape[1],
+                         1 if pipe.process.exact_likelihood else t_samples,
+                         "lower the windows per batch (--batch-size)",
+                         "lower the Monte Carlo draws (--t-samples) or the windows per batch (--batch-size)")
         with pipe._autocast():
             values, counted = nelbo_samples(pipe.model, pipe.process, chunks, t_samples=t_samples,
                                             batch_size=len(chunks), seed=seed + batches)

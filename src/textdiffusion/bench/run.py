@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ..core.checks import resolve_device
+from ..core.errors import UserError
 from .evaluate import evaluate_tokenization
 from .report import machine, plot, suite_markdown, write_markdown_section
 from .runs import ensure_trained, run_config
@@ -20,8 +22,9 @@ def run_suite(name: str, runs: Path, results_dir: Path, markdown: Path | None, c
               tokenizations: list[str] | None = None, overrides: list[str] | None = None, log=print,
               extra_judges: tuple[str, ...] = ()) -> dict:
     suite = get_suite(name)
+    resolve_device(device)  # before minutes of training, not after
+    toks = check_selection(suite, families, tokenizations)
     start = time.perf_counter()
-    toks = [t for t in suite.tokenizations if tokenizations is None or t.name in tokenizations]
     results = {"suite": suite.name, "description": suite.description, "date": datetime.date.today().isoformat(),
                "command": command, "machine": machine(), "torch": torch.__version__, "judge": judge or "ar",
                "extra_judges": list(extra_judges),
@@ -49,14 +52,28 @@ def train_suite(name: str, runs: Path, families: list[str] | None = None, tokeni
     trainings on a busy machine, with the measurements taken later on a quiet one."""
     suite = get_suite(name)
     folders = []
-    for tok in suite.tokenizations:
-        if tokenizations is not None and tok.name not in tokenizations:
-            continue
+    for tok in check_selection(suite, families, tokenizations):
         for fam in suite.families:
             if (families is None or fam.name in families) and fam.runs_with(tok.name):
                 log(f"[{suite.name}/{tok.name}/{fam.name}] training")
                 folders.append(ensure_trained(run_config(suite, tok, fam, runs, overrides or []), log))
     return folders
+
+
+def check_selection(suite, families: list[str] | None, tokenizations: list[str] | None) -> list:
+    """The suite's tokenizations that --tokenization picks, each with some family that --family picks."""
+    for given, known, option in ((families, [f.name for f in suite.families], "--family"),
+                                 (tokenizations, [t.name for t in suite.tokenizations], "--tokenization")):
+        unknown = [n for n in given or [] if n not in known]
+        if unknown:
+            raise UserError(f"suite {suite.name!r} has no {option.strip('-')} {', '.join(map(repr, unknown))}: "
+                            f"choose {option} from {', '.join(known)}")
+    toks = [t for t in suite.tokenizations if (tokenizations is None or t.name in tokenizations)
+            and any((families is None or f.name in families) and f.runs_with(t.name) for f in suite.families)]
+    if not toks:
+        raise UserError(f"no family of suite {suite.name!r} that --family picks runs with a tokenization that "
+                        "--tokenization picks: drop one of them")
+    return toks
 
 
 def merge_results(old: dict, new: dict, suite) -> dict:

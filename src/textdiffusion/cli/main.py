@@ -7,6 +7,7 @@ User mistakes (a missing file, a bad gap, steps <= 0, ...) print one line and ex
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..core.errors import UserError
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0  # a command may return its own status (chat: 2 when a turn failed)
     except UserError as exc:
         # one line, whatever the message holds: scripts and humans read the first line
         print(f"textdiffusion: error: {' '.join(str(exc).split())}", file=sys.stderr)
@@ -57,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("textdiffusion: interrupted", file=sys.stderr)
         return 130
-    return 0
+    except BrokenPipeError:  # `textdiffusion demo | head -1`: the reader left; stop quietly, as Unix tools do
+        try:  # Python would complain again when it flushes stdout at exit: point stdout at nothing
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141  # 128 + SIGPIPE, the status a shell gives a tool that SIGPIPE stopped
 
 
 if __name__ == "__main__":

@@ -82,6 +82,10 @@ def add_overrides(p: argparse.ArgumentParser, example: str) -> None:
 
 def sampling_options(args) -> dict:
     """The sampler and the options the user set; the sampler's config supplies the rest."""
+    if getattr(args, "export", None):  # before the model samples: a filmstrip that cannot be written fails now
+        from ..render.filmstrip import check_export_path
+
+        check_export_path(args.export)
     options = {"steps": args.steps, "temperature": args.temperature, "top_p": args.top_p,
                "cache": False if args.no_cache else None}
     for item in args.option:

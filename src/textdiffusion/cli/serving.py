@@ -42,7 +42,8 @@ def add_commands(command: Command) -> None:
                 "Chat with a model under its chat template (its folder's own, else textdiffusion's role markers).\n"
                 "Each line read from stdin is a user message; the reply is generated after the conversation so\n"
                 "far and ends at [EOS]. On a terminal the reply is redrawn at every step as its masks (▒) resolve;\n"
-                "with --stream elsewhere each step prints one line. An empty line or Ctrl-D ends the chat.")
+                "with --stream elsewhere each step prints one line. An empty line or Ctrl-D ends the chat. A turn\n"
+                "that fails prints its error and the chat goes on without it; the exit status is then 2.")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="model folder (e.g. one trained with data.packing=chat)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="the weights' dtype in memory")
@@ -67,6 +68,8 @@ def add_commands(command: Command) -> None:
 
 
 def cmd_serve(args) -> None:
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be a TCP port from 0 to 65535 (0: any free port), got {args.port}")
     try:  # the serve extra: fastapi, uvicorn, sse-starlette, prometheus-client
         from ..serve import Limits, run_server
         from ..serve.app import create_app  # noqa: F401 - fails here, not after loading the model
@@ -85,7 +88,7 @@ def cmd_serve(args) -> None:
                allowed_hosts=args.allowed_hosts)
 
 
-def cmd_chat(args) -> None:
+def cmd_chat(args) -> int:
     from ..render.chat_stream import ReplyStream
 
     args.model = args.model_dir
@@ -100,7 +103,7 @@ def cmd_chat(args) -> None:
     messages = [{"role": "system", "content": args.system}] if args.system else []
     if interactive:
         print(f"chatting with {args.model_dir}: type a message and Enter; an empty line or Ctrl-D ends", flush=True)
-    turn = 0
+    turn = failed = 0
     while True:
         if interactive:
             print("> ", end="", flush=True)
@@ -123,6 +126,7 @@ def cmd_chat(args) -> None:
         except UserError as exc:  # this turn only: the conversation goes on without it
             print(f"textdiffusion: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
             messages.pop()
+            failed += 1
             continue
         reply = out.replies[0]
         if printer is not None:
@@ -133,3 +137,4 @@ def cmd_chat(args) -> None:
         if args.fresh:  # every line is a conversation of its own (after the system message)
             messages = messages[:1] if args.system else []
         turn += 1
+    return 2 if failed else 0  # a turn that failed on a user error (its line is above) fails the command

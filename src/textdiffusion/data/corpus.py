@@ -142,10 +142,15 @@ def _iter_file(path: Path, key: str, text_field: str) -> Iterator[tuple[str, str
     if path.suffix in TEXT_SUFFIXES:
         yield key, path.read_text(encoding="utf-8", errors="replace")
     elif path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
+        with path.open(encoding="utf-8", errors="replace") as fh:
             for row, line in enumerate(fh):
                 if line.strip():
-                    yield f"{key}:{row}", field_of(json.loads(line), text_field, path)
+                    try:
+                        record = json.loads(line)
+                    except ValueError as exc:
+                        raise UserError(f"{path} line {row + 1} is not JSON ({exc}): a .jsonl file holds one "
+                                        f'JSON object per line, e.g. {{"{text_field}": "..."}}') from None
+                    yield f"{key}:{row}", field_of(record, text_field, path)
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 

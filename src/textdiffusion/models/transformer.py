@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.budget import check_memory
 from ..core.errors import UserError
 from .kv_cache import KVCache
 
@@ -188,10 +189,21 @@ class TimeEmbedding(nn.Module):
         return self.mlp(torch.cat([args.cos(), args.sin()], dim=-1))
 
 
+def weight_bytes(cfg: ModelConfig) -> int:
+    """fp32 bytes of a Transformer's weights and rotary tables, from its config alone (before building it)."""
+    d, hidden, width = cfg.d_model, int(cfg.mlp_ratio * cfg.d_model), cfg.embed_dim or cfg.d_model
+    per_layer = 4 * d * d + 2 * d * hidden + (6 * d * d if cfg.time_conditioning else 0)
+    return 4 * (cfg.n_layers * per_layer + cfg.vocab_size * (width + d) + cfg.seq_len * (d // cfg.n_heads))
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        if nn.Linear(1, 1, bias=False).weight.device.type != "meta":  # not under an empty-weights build
+            check_memory(f"a model of d_model {cfg.d_model}, n_layers {cfg.n_layers}, vocab_size {cfg.vocab_size} "
+                         f"and seq_len {cfg.seq_len}", weight_bytes(cfg),
+                         "lower model.d_model, model.n_layers, model.vocab_size or model.seq_len")
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim or cfg.d_model)
         # continuous inputs: Diffusion-LM's up-projection (embedding width -> model width) and down-projection
         self.in_proj = _projection(cfg.embed_dim, cfg.d_model) if cfg.embed_dim else None

@@ -323,12 +323,30 @@ def write_gif(frames: list[Frame], tokenizer: Tokenizer, path: str | Path, row: 
 # --------------------------------------------------------------------------- export
 
 
-def export(frames: list[Frame], tokenizer: Tokenizer, path: str | Path, row: int = 0) -> Path:
-    """Write a filmstrip in the format named by the suffix of `path`: .html, .gif or .txt."""
-    path = Path(path)
+def _checked_suffix(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise UserError(f"cannot write a filmstrip to {path.name!r}: use one of the suffixes {', '.join(SUFFIXES)}")
+    return suffix
+
+
+def check_export_path(path: str | Path) -> Path:
+    """`path` if a filmstrip can be written there by a command (a known suffix, in a folder that exists: a typo
+    in the folder must not create a tree): checked before sampling, not after."""
+    path = Path(path)
+    _checked_suffix(path)
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write a filmstrip to {path}: the folder {path.parent} does not exist "
+                        "(create it first, or export to an existing folder)")
+    if path.is_dir():
+        raise UserError(f"cannot write a filmstrip to {path}: it is a folder; give a file name")
+    return path
+
+
+def export(frames: list[Frame], tokenizer: Tokenizer, path: str | Path, row: int = 0) -> Path:
+    """Write a filmstrip in the format named by the suffix of `path`: .html, .gif or .txt."""
+    path = Path(path)
+    suffix = _checked_suffix(path)
     if suffix == ".gif":
         return write_gif(frames, tokenizer, path, row=row)
     text = render_html(frames, tokenizer, row=row) if suffix == ".html" else render_terminal(frames, tokenizer, row=row)

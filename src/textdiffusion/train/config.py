@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from ..core.checks import text_error
 from ..core.errors import UserError
 from ..models.transformer import splits_into_heads
 from .recipes import LATEST as LATEST_RECIPE, RECIPES, recipe_defaults
@@ -223,6 +224,11 @@ def _text(v) -> bool:
     return isinstance(v, str) and v.strip() != ""
 
 
+def _folder(v) -> bool:
+    """A path that is, or can become, a folder: neither it nor a folder above it is a file."""
+    return _text(v) and not any(p.exists() and not p.is_dir() for p in (Path(v), *Path(v).parents))
+
+
 def _source(v) -> bool:
     from ..data.corpus import BUNDLED
 
@@ -239,6 +245,7 @@ def _heads_hint(d_model: int, n_heads: int) -> str:
 
 
 MAX_SEQ_LEN = 2**20  # positional tables and batches of more than a million tokens per row do not fit anyway
+MAX_VOCAB = 2**20  # a trained BPE of more tokens aborts in the tokenizers library; the largest real ones hold ~256k
 MAX_SEED = 2**32 - 1  # ChunkBatches derives epoch seeds as seed * 1_000_003 + epoch, which must fit in 64 bits
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -253,7 +260,8 @@ def _rules() -> list[tuple[str, str, Callable[[object], bool], str]]:
         ("data", "source", _source, "an existing file or folder, 'shakespeare', hf:DATASET or prepared:DIR"),
         ("data", "tokenizer", lambda v: v in ("byte", "bpe", "gpt2") or (_text(v) and Path(v).is_dir()),
          "byte, bpe, gpt2 or a folder holding a Hugging Face tokenizer.json"),
-        ("data", "vocab_size", lambda v: _integer(v) and v >= min_vocab, f"an integer >= {min_vocab}"),
+        ("data", "vocab_size", lambda v: _integer(v) and min_vocab <= v <= MAX_VOCAB,
+         f"an integer in [{min_vocab}, {MAX_VOCAB}] (the largest vocabulary trained here)"),
         ("data", "seq_len", lambda v: _integer(v) and 2 <= v <= MAX_SEQ_LEN, f"an integer in [2, {MAX_SEQ_LEN}]"),
         ("data", "packing", lambda v: v in ("wrap", "pad", "chat"),
          "wrap or pad (or chat: SFT on a .jsonl of conversations)"),
@@ -291,7 +299,7 @@ def _rules() -> list[tuple[str, str, Callable[[object], bool], str]]:
          "auto, cpu, cuda, cuda:N or mps"),
         ("train", "parallel", lambda v: v in ("ddp", "fsdp"), "ddp or fsdp"),
         ("train", "activation_checkpointing", lambda v: isinstance(v, bool), "true or false"),
-        ("run", "out_dir", _text, "a folder path"),
+        ("run", "out_dir", _folder, "a folder path, not a file's (choose another --out)"),
         ("run", "log_every", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
         ("run", "eval_every", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: never)"),
         ("run", "eval_batches", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
@@ -352,7 +360,10 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
         if not path.is_file():
             raise UserError(f"no config file or preset {name_or_path!r}: presets are {', '.join(presets())}")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path} is not a YAML config: byte 0x{exc.object[exc.start]:02x} at offset "
+                            f"{exc.start} is not UTF-8 text") from None
         except yaml.YAMLError as exc:
             raise UserError(f"{path} is not valid YAML: {exc}") from exc
     return _apply_overrides(Config.from_dict(raw), overrides)
@@ -366,5 +377,12 @@ def _apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
             raise UserError(f"override {item!r} must look like section.key=value, e.g. train.steps=500")
         if not hasattr(cfg, section):
             raise UserError(f"unknown config section {section!r} in {item!r}")
-        _set_field(getattr(cfg, section), section, name, yaml.safe_load(value))
+        error = text_error(value, f"the value of {key}")
+        if error is not None:  # e.g. a file name in a legacy encoding: its bytes are not UTF-8
+            raise error
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise UserError(f"cannot read the value of {key} ({' '.join(str(exc).split())})") from None
+        _set_field(getattr(cfg, section), section, name, value)
     return cfg.validate()

@@ -37,6 +37,9 @@ def prepare(cfg: Config, out: str | Path) -> dict:
             docs = iter_documents(d.source, split, d.val_fraction, d.split_seed, d.text_field, d.hf_split, plan)
             splits[split] = prepared.write_split(tmp, split, iter_chunks(docs, tok, d.seq_len, d.packing),
                                                  d.seq_len, tok.vocab_size)
+            if split == "train" and splits[split]["rows"] == 0:  # nothing to train on: say so, write nothing
+                raise UserError(f"data.source {d.source} gives no training rows of data.seq_len={d.seq_len} "
+                                "tokens: give more text (is the file empty?) or lower data.seq_len")
         settings = {key: getattr(d, key) for key in (*prepared.FIXED, "source", "val_fraction", "split_seed",
                                                      "text_field", "hf_split")}
         prepared.write_index(tmp, settings, splits, tok.kind, tok.vocab_size, dataclasses.asdict(plan))

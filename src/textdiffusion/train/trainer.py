@@ -18,9 +18,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..core.budget import check_memory
 from ..core.errors import UserError
 from ..core.precision import resolve_precision
 from ..models import Transformer
+from ..models.transformer import weight_bytes
 from ..processes import build_process
 from ..processes.likelihood import nelbo
 from . import checkpoint as ckpt, fsdp, sft, sharded_checkpoint
@@ -106,6 +108,10 @@ class Trainer:
     def build_model(self) -> tuple:
         """(model config, backbone); a hook for runs that start from another network (train/adapt_llama.py)."""
         model_cfg = model_config(self.cfg, self.tok, self.process)
+        # weights, gradients and AdamW's two moments: four copies of the weights before any activation
+        check_memory(f"training a model of d_model {model_cfg.d_model}, n_layers {model_cfg.n_layers} and vocab_size "
+                     f"{model_cfg.vocab_size} (weights, gradients and AdamW moments)", 4 * weight_bytes(model_cfg),
+                     "lower model.d_model or model.n_layers (or data.vocab_size, data.seq_len)", self.device)
         return model_cfg, Transformer(model_cfg)
 
     def _check_batch(self) -> None:
@@ -163,6 +169,10 @@ class Trainer:
 
     def run(self) -> Path:
         r, info = self.cfg.run, self.info
+        finished = self.step >= self.cfg.train.steps
+        if finished and info.is_main:  # a resumed run that is done: say so
+            print(f"{self.out_dir} already finished its train.steps={self.cfg.train.steps} steps: nothing to train "
+                  f"(to train on, set train.steps above {self.step})", flush=True)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=self.cfg.train.steps, initial=self.step, disable=not (r.progress and info.is_main),
                    desc="train", dynamic_ncols=True)
@@ -187,7 +197,7 @@ class Trainer:
                     self.log_sample()
                 if self.step % r.save_every == 0 or self.step == self.cfg.train.steps:
                     self.save()
-            if not r.sample_every:
+            if not r.sample_every and not finished:
                 self.log_sample()
         finally:
             bar.close()
@@ -320,6 +330,9 @@ class Trainer:
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.step, self.tokens_seen, self.elapsed = state["step"], state["tokens_seen"], state["elapsed"]
+        if self.step > self.cfg.train.steps:  # the schedule cannot run backwards
+            raise UserError(f"{self.out_dir} is at step {self.step}, past train.steps={self.cfg.train.steps}: "
+                            f"to train on, set train.steps above {self.step}")
 
 
 def train(cfg: Config, resume: bool = False) -> Path:
