@@ -164,3 +164,15 @@ def test_cli_runs_the_registered_model(tmp_path):
     assert results["results"]["td_gen"]["exact_match,none"] == 0.0  # "aaaaaa" cut at the stop "aaaaa" -> ""
     sample = json.loads(next((tmp_path / "out").rglob("samples_td_gen_*.jsonl")).read_text().splitlines()[0])
     assert sample["resps"] == [[""]]
+
+
+def test_registering_ours_keeps_lm_evals_own_models():
+    """lm-eval loads its built-in models only into an empty registry: registering ours first must not hide them
+    (a fresh interpreter, so no earlier import has loaded them)."""
+    code = ("import textdiffusion.eval.lm_eval as ours\n"
+            "from lm_eval.api.registry import get_model\n"
+            "assert get_model('textdiffusion') is ours.TextDiffusionLM\n"
+            "print(get_model('local-completions').__name__, get_model('hf').__name__)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["LocalCompletionsAPI", "HFLM"]

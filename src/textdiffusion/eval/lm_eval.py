@@ -187,6 +187,10 @@ class TextDiffusionLM(LM):
 
 
 if __name__ != "__main__":  # run as a script, the module registers itself through its importable copy (main)
+    # lm-eval loads its own models (hf, local-completions, ...) only into an empty registry: load them first, or
+    # registering ours would hide them from every later lookup
+    import lm_eval.models  # noqa: F401
+
     register_model("textdiffusion")(TextDiffusionLM)
 
 

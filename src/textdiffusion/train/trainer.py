@@ -169,6 +169,9 @@ class Trainer:
 
     def run(self) -> Path:
         r, info = self.cfg.run, self.info
+        if self.step > self.cfg.train.steps:  # the schedule cannot run backwards (a loaded state may be inspected)
+            raise UserError(f"{self.out_dir} is at step {self.step}, past train.steps={self.cfg.train.steps}: "
+                            f"to train on, set train.steps above {self.step}")
         finished = self.step >= self.cfg.train.steps
         if finished and info.is_main:  # a resumed run that is done: say so
             print(f"{self.out_dir} already finished its train.steps={self.cfg.train.steps} steps: nothing to train "
@@ -330,9 +333,6 @@ class Trainer:
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.step, self.tokens_seen, self.elapsed = state["step"], state["tokens_seen"], state["elapsed"]
-        if self.step > self.cfg.train.steps:  # the schedule cannot run backwards
-            raise UserError(f"{self.out_dir} is at step {self.step}, past train.steps={self.cfg.train.steps}: "
-                            f"to train on, set train.steps above {self.step}")
 
 
 def train(cfg: Config, resume: bool = False) -> Path:
