@@ -3,7 +3,9 @@
 Each mutant replaces one exact snippet of one file and names the test files that should catch it. The pass runs in
 a private copy of the repository (the working tree is never touched), with that copy's src/ first on PYTHONPATH so
 the tests import the mutated package, and prints a table: killed (some test failed), survived (all passed: a gap
-in the tests, or an equivalent mutant, said in its note), or broken (the snippet is no longer in the file).
+in the tests, or an equivalent mutant, said in its note), or broken (the snippet is no longer in the file). A kill
+counts only when pytest reports failed tests (exit 1) and the same tests pass on the unmutated copy: a collection
+error or a missing fixture is reported as such, never as a kill.
 
 usage:  python scripts/mutation_pass.py                 # every mutant
         python scripts/mutation_pass.py --only kv_cache  # mutants whose name contains the word
@@ -118,18 +120,25 @@ def run(mutant: Mutant, copy: Path, timeout: float) -> tuple[str, float]:
     if mutant.old not in original:
         return "broken", 0.0
     path.write_text(original.replace(mutant.old, mutant.new, 1))
-    env = {**os.environ, "PYTHONPATH": str(copy / "src"), "OMP_NUM_THREADS": "1"}
-    tests = [t for t in mutant.tests if (copy / t).exists()]
     start = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
-                              cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
-        verdict = "survived" if proc.returncode == 0 else "killed"
-    except subprocess.TimeoutExpired:
-        verdict = "killed (timeout)"
+        code = pytest_exit(copy, mutant.tests, timeout)
     finally:
         path.write_text(original)
+    verdict = {0: "survived", 1: "killed", None: "killed (timeout)"}.get(code, f"error (pytest exit {code})")
     return verdict, time.perf_counter() - start
+
+
+def pytest_exit(copy: Path, tests: tuple[str, ...], timeout: float) -> int | None:
+    """pytest's exit code on `tests` in the copy (None: timed out); a missing test file is an error (exit 4)."""
+    if any(not (copy / t).exists() for t in tests):
+        return 4
+    env = {**os.environ, "PYTHONPATH": str(copy / "src"), "OMP_NUM_THREADS": "1"}
+    try:
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                              cwd=copy, env=env, capture_output=True, text=True, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def main() -> None:
@@ -145,16 +154,21 @@ def main() -> None:
             if (ROOT / rel).is_file():
                 (copy / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(ROOT / rel, copy / rel)
+        baseline = {tests: pytest_exit(copy, tests, args.timeout) for tests in {m.tests for m in chosen}}
         rows = []
         for mutant in chosen:
+            if baseline[mutant.tests] != 0:
+                rows.append((mutant, f"unusable (tests fail unmutated: exit {baseline[mutant.tests]})", 0.0))
+                print(f"{rows[-1][1]}  {mutant.name}", flush=True)
+                continue
             verdict, seconds = run(mutant, copy, args.timeout)
             rows.append((mutant, verdict, seconds))
             print(f"{verdict:>16}  {seconds:6.1f} s  {mutant.name}  ({mutant.file})", flush=True)
     killed = sum(v.startswith("killed") for _, v, _ in rows)
-    counted = sum(v != "broken" for _, v, _ in rows)
+    counted = sum(v.startswith(("killed", "survived")) for _, v, _ in rows)
     print(f"\nkilled {killed} of {counted} mutants ({100 * killed / max(counted, 1):.0f}%)")
     for mutant, verdict, _ in rows:
-        if verdict in ("survived", "broken"):
+        if not verdict.startswith("killed"):
             print(f"  {verdict}: {mutant.name} {mutant.note}")
 
 
