@@ -83,3 +83,18 @@ def test_temperature_zero_is_argmax():
     torch.testing.assert_close(
         select_from_logits(logits, temperature=0.7), torch.log_softmax(logits.double() / 0.7, -1)
     )
+
+
+def test_gumbel_noise_is_drawn_from_float64_uniforms():
+    """float32 uniforms cap the Gumbel tail near 17 and lower sample entropy: the noise must come from 53-bit
+    uniforms, and sample_categorical must add exactly that noise."""
+    from textdiffusion.samplers.base import gumbel_noise
+
+    noise = gumbel_noise((200_000,), "cpu", torch.Generator().manual_seed(3))
+    assert noise.dtype == torch.float64
+    u = torch.exp(-torch.exp(-noise))  # back to the uniforms
+    assert (u.float().double() != u).float().mean() > 0.99  # almost none is a float32 number
+    logp = torch.randn(50, 7, generator=torch.Generator().manual_seed(4)).double()
+    drawn = sample_categorical(logp, torch.Generator().manual_seed(5))
+    expected = (logp + gumbel_noise(logp.shape, "cpu", torch.Generator().manual_seed(5))).argmax(-1)
+    assert torch.equal(drawn, expected)
