@@ -110,6 +110,9 @@ MUTANTS = [
            "d = self.decay", ("tests/train/test_optim_schedule.py",)),
     Mutant("warmup_off_by_one", "train/optim.py", "return base_lr * (step + 1) / warmup",
            "return base_lr * step / warmup", ("tests/train/test_optim_schedule.py",)),
+    Mutant("fsdp_saves_weights_as_ema", "train/sharded_checkpoint.py",
+           "ema = full_state(trainer.ema.shadow) if", "ema = full_state(trainer.model.state_dict()) if",
+           ("tests/train/test_fsdp.py",)),
     Mutant("llama_adapt_ar_not_causal", "train/adapt_llama.py", 'causal = self.cfg.process.name == "autoregressive"',
            "causal = False", ("tests/train/test_adapt_llama_block.py",)),
 ]

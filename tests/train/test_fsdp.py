@@ -190,3 +190,19 @@ def test_bf16_policy_computes_in_bf16_and_keeps_fp32_shards_and_gradients(tmp_pa
             assert p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32
     finally:
         dist.destroy_process_group()
+
+
+def test_sharded_ema_is_the_ema_not_the_weights(runs, overrides, tmp_path, max_diff):
+    """ema.safetensors of an FSDP run holds the trainer's EMA shadow: equal to a plain (unsharded) run's EMA for the
+    same seed, and not the live weights."""
+    from textdiffusion.train.config import load_config
+    from textdiffusion.train.trainer import Trainer
+
+    plain = Trainer(load_config("tiny", [f"run.out_dir={tmp_path / 'plain'}", *overrides]))
+    plain.run()
+    for name in ("single", "back"):
+        folder = runs[name] / "checkpoint"
+        ema, weights = load_file(folder / ckpt.EMA_FILE), load_file(folder / ckpt.WEIGHTS_FILE)
+        assert max_diff(ema, load_file(tmp_path / "plain" / "checkpoint" / ckpt.EMA_FILE)) <= TOL
+        assert max_diff(ema, {k: v.cpu() for k, v in plain.ema.shadow.items() if k in ema}) <= TOL
+        assert max_diff(ema, weights) > 10 * TOL  # six steps with decay < 1: the average lags the weights
