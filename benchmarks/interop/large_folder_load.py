@@ -7,42 +7,15 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from textdiffusion import Pipeline
 
-TEXTS = ["To be, or not to be, that is the question.", "Whether 'tis nobler in the mind to suffer",
-         "The slings and arrows of outrageous fortune,", "Or to take arms against a sea of troubles"] * 4
-
-
-def bpe_tokenizer(folder: Path, specials: list[str], vocab_size: int = 300) -> dict[str, int]:
-    """A byte-level BPE with `specials` first (ids 0, 1, ...), saved as tokenizer.json; returns token -> id
-    (as the tests' `bpe_tokenizer` fixture, tests/conftest.py)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(TEXTS, trainer=trainer)
-    folder.mkdir(parents=True, exist_ok=True)
-    tok.save(str(folder / "tokenizer.json"))
-    return {s: tok.token_to_id(s) for s in specials} | {"__size__": tok.get_vocab_size()}
-
-
-def save_sharded(state: dict[str, torch.Tensor], folder: Path, shards: int) -> None:
-    """`shards` files named by model.safetensors.index.json (transformers' layout), as tests/conftest.py's."""
-    state = {k: v.detach().contiguous() for k, v in state.items()}
-    names = sorted(state)
-    weight_map = {}
-    for i in range(shards):
-        part = names[i::shards]
-        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        save_file({k: state[k] for k in part}, str(folder / file))
-        weight_map.update({k: file for k in part})
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-
+# the tests' own folder writers (tests/td_fixtures/outside_folders.py), so the benchmark reads the same format
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+from td_fixtures.outside_folders import (
+    _bpe_tokenizer as bpe_tokenizer,  # noqa: E402
+    save_sharded,  # noqa: E402
+)
 
 folder, dtype = Path(sys.argv[1]), sys.argv[2]
 if not (folder / "config.json").exists():
