@@ -115,6 +115,9 @@ def test_bad_conversation_files_name_the_line(tmp_path, line, message):
     ("{{ 'a'|center(4000000000) }}", "a padded text of 4,000,000,000 characters"),
     ("{{ 10 ** 100000000 }}", "a number of 400,000,000 bits, over the limit of 64,000,000"),
     ("{% for i in range(20000) %}{{ 'x' * 100 }}{% endfor %}", "an output of 1,000,100 characters, over the limit"),
+    ("{% set s = 'x' * 5000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}",  # no range: characters
+     "loops of 1,000,001 iterations in all, over the limit of 1,000,000"),
+    ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "the chat template recurses without end"),
 ])
 def test_templates_are_bounded_in_output_and_work(template, message):
     """A folder's template is user input: what would take all memory or time is refused in one line."""
@@ -128,3 +131,6 @@ def test_bounded_templates_still_loop_repeat_and_pad():
                 "{% endfor %}{% endfor %}{{ 2 ** 10 }}")
     assert apply_chat_template(ByteTokenizer(), CONVERSATION[:2], template=template) == \
         "===  system  01===   user   011024"
+    looped = "{% for c in messages[0]['content'] %}{% if loop.last %}{{ loop.length }}{% endif %}{% endfor %}"
+    assert apply_chat_template(ByteTokenizer(), CONVERSATION[:1], template=looped) == \
+        str(len(CONVERSATION[0]["content"]))  # the counted loop keeps Jinja's loop variable
