@@ -61,37 +61,11 @@ from torch import nn
 
 from ..core.errors import UserError
 from .base import DiffusionProcess, LossOutput, register
+from .gaussian_math import NOISE_SCHEDULES as NOISE_SCHEDULES, posterior, sampling_times, signal_levels
 from .time_warp import TimeWarp
 
-NOISE_SCHEDULES = ("sqrt", "cosine", "linear")
 OBJECTIVES = ("simple", "nelbo", "ce")
 PREDICTIONS = ("embedding", "tokens")
-MAX_BETA = 0.999  # the last levels' betas are clipped here, as in improved-diffusion (Nichol & Dhariwal, 2021)
-
-
-def signal_levels(schedule: str, num_steps: int) -> torch.Tensor:
-    """abar_t for levels t = 0..T, float64 [T + 1], strictly decreasing, in (0, 1).
-
-    Level t sits at time u_t = (t + 1) / (T + 1) of a continuous curve g(u) with g(0) = 1; the betas
-    beta_t = 1 - g(u_t) / g(u_{t-1}) (u_{-1} = 0) are clipped to MAX_BETA and abar_t = prod_{k<=t} (1 - beta_k).
-      sqrt:   g(u) = 1 - sqrt(u + 1e-4)                   (Diffusion-LM, section 4.3)
-      cosine: g(u) = cos^2(pi/2 (u + 0.008) / 1.008)      (Nichol & Dhariwal, 2021)
-      linear: betas linear from 0.1 to 20 over T + 1 levels, divided by T + 1 (Ho et al. 2020 at T = 1000)
-    """
-    if schedule not in NOISE_SCHEDULES:
-        raise UserError(f"unknown noise_schedule {schedule!r}: choose one of {', '.join(NOISE_SCHEDULES)}")
-    n = num_steps + 1
-    u = torch.arange(n + 1, dtype=torch.float64) / n  # u_{-1} = 0, u_0, ..., u_T = 1
-    if schedule == "linear":
-        betas = torch.linspace(0.1, 20.0, n, dtype=torch.float64) / n
-    else:
-        if schedule == "sqrt":
-            g = 1 - torch.sqrt(u + 1e-4)
-        else:
-            g = torch.cos(0.5 * math.pi * (u + 0.008) / 1.008) ** 2
-        betas = 1 - g[1:] / g[:-1]
-        betas = torch.where(g[1:] > 0, betas, torch.ones_like(betas))  # g may reach or cross 0 at u = 1
-    return torch.cumprod(1 - betas.clamp(0.0, MAX_BETA), dim=0)
 
 
 def backbone(model: nn.Module) -> nn.Module:
@@ -215,12 +189,7 @@ class GaussianDiffusion(DiffusionProcess):
         With abar_{t|s} = abar_t / abar_s: a = sqrt(abar_s) (1 - abar_{t|s}) / (1 - abar_t),
         b = sqrt(abar_{t|s}) (1 - abar_s) / (1 - abar_t), v = (1 - abar_{t|s}) (1 - abar_s) / (1 - abar_t)
         (Ho et al. 2020, eq. 7, over several steps)."""
-        abar_s, abar_t = self.abar[s], self.abar[t]
-        abar_ts = abar_t / abar_s
-        a = abar_s.sqrt() * (1 - abar_ts) / (1 - abar_t)
-        b = abar_ts.sqrt() * (1 - abar_s) / (1 - abar_t)
-        v = (1 - abar_ts) * (1 - abar_s) / (1 - abar_t)
-        return a, b, v
+        return posterior(self.abar, s, t)
 
     def rounding_logits(self, x0: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """log p(w | x_0) up to a constant, [..., V]: -|x_0 - sqrt(abar_0) e_w|^2 / (2 (1 - abar_0)), [MASK] -inf."""
@@ -239,8 +208,7 @@ class GaussianDiffusion(DiffusionProcess):
 
     def sampling_times(self, steps: int | None = None) -> list[int]:
         """T = t_0 > t_1 > ... > t_n = 0: every level (None) or `steps` evenly strided ones (at most T)."""
-        n = self.num_steps if steps is None else min(steps, self.num_steps)
-        return [int(x) for x in torch.linspace(self.num_steps, 0, n + 1, dtype=torch.float64).round()]
+        return sampling_times(self.num_steps, steps)
 
     # ---- forward process ---------------------------------------------------------------------
     def sample_t(self, batch: int, device, generator: torch.Generator | None = None,

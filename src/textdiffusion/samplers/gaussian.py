@@ -28,6 +28,7 @@ from torch import nn
 
 from ..core.errors import UserError
 from ..guidance import Guidance
+from ..processes import gaussian_math
 from ..processes.gaussian import GaussianDiffusion, nearest_tokens
 from .base import Frame, SampleResult, sample_categorical
 
@@ -61,10 +62,7 @@ def check_gaussian_config(cfg: GaussianConfig) -> None:
 def ddim_step(process: GaussianDiffusion, xt: torch.Tensor, zhat: torch.Tensor, t: int, s: int, eta: float,
               noise: torch.Tensor) -> torch.Tensor:
     """x_s from x_t and the prediction zhat (module notes); `noise` ~ N(0, I) like xt. eta = 1: q(x_s | x_t, zhat)."""
-    abar_t, abar_s = float(process.abar[t]), float(process.abar[s])
-    var = eta * eta * float(process.posterior(s, t)[2])
-    eps_hat = (xt - math.sqrt(abar_t) * zhat) / math.sqrt(1 - abar_t)
-    return math.sqrt(abar_s) * zhat + math.sqrt(max(1 - abar_s - var, 0.0)) * eps_hat + math.sqrt(var) * noise
+    return gaussian_math.ddim_step(process.abar, xt, zhat, t, s, eta, noise)
 
 
 @torch.no_grad()
