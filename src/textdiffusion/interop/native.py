@@ -41,8 +41,6 @@ def load(folder: Path, device: torch.device, dtype: torch.dtype | None = None, u
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{config_file} lacks a valid model or process section ({one_line(exc)}): "
                         "restore it or re-train") from exc
-    model = Transformer(model_cfg)
-    ckpt.load_run_weights(model, folder, use_ema)
     if tokenizer.vocab_size != model_cfg.vocab_size:
         raise UserError(f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but model.vocab_size in "
                         f"{config_file} is {model_cfg.vocab_size}: the tokenizer files belong to another model")
@@ -52,6 +50,9 @@ def load(folder: Path, device: torch.device, dtype: torch.dtype | None = None, u
     except (TypeError, ValueError) as exc:
         raise UserError(f"{config_file} has an invalid process section ({one_line(exc)}): "
                         "restore it or re-train") from exc
+    build = getattr(process, "build_network", None)  # a family with its own network (processes/latent.py)
+    model = Transformer(model_cfg) if build is None else build(model_cfg)
+    ckpt.load_run_weights(model, folder, use_ema)
     if dtype is not None and dtype != torch.float32:
         model = model.to(dtype)
     return Loaded(model.to(device), process, tokenizer, cfg)

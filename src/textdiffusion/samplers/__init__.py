@@ -10,6 +10,7 @@ from .edit_flow import EditFlowConfig, edit_flow_sample
 from .entropy_bound import EntropyBoundConfig, entropy_bound_sample
 from .first_hitting import FirstHittingConfig, first_hitting_sample
 from .gaussian import GaussianConfig, gaussian_sample
+from .latent import LatentConfig, latent_sample
 from .mdlm import AncestralConfig, ancestral_sample
 from .remdm import ReMDMConfig, remdm_sample
 from .sedd import SEDDAnalyticConfig, SEDDEulerConfig, sedd_analytic_sample, sedd_euler_sample
@@ -27,11 +28,13 @@ SAMPLERS.update(confidence=(ConfidenceConfig, confidence_sample), threshold=(Thr
                 block=(BlockConfig, block_sample), semi_ar=(SemiARConfig, semi_ar_sample),
                 remdm=(ReMDMConfig, remdm_sample), first_hitting=(FirstHittingConfig, first_hitting_sample))
 SAMPLERS["spindle"] = (SpindleConfig, spindle_sample)  # masked-spindle models (processes/spindle.py)
+SAMPLERS["latent"] = (LatentConfig, latent_sample)  # latent diffusion models (processes/latent.py)
 
 # Samplers that belong to one family: each runs only that process's models, and those models run only it.
 # sampler -> (process name, the family's name in error messages)
 FAMILY_SAMPLERS = {"block": ("block", "block diffusion"), "gaussian": ("gaussian", "continuous embedding (gaussian)"),
                    "edit": ("diffuser", "edit (diffuser)"), "edit_flow": ("edit_flow", "Edit Flows")}
+FAMILY_SAMPLERS["latent"] = ("latent", "latent diffusion (LD4LG / PLANNER)")
 
 # What `textdiffusion samplers` prints: one line for users (the functions' docstrings are for developers).
 SUMMARIES = {
@@ -55,6 +58,8 @@ SUMMARIES = {
     "spindle": "masked-spindle models' default: ancestral steps with each token's own schedule (DiffusionBERT)",
     "gaussian": "continuous embedding (Diffusion-LM) models' default (and only sampler): Gaussian reverse steps, "
                 "ancestral (eta=1) or DDIM (eta=0), clamping to embeddings, then rounding",
+    "latent": "latent diffusion models' default (and only sampler): Gaussian reverse steps over the autoencoder's "
+              "k latent vectors (ancestral or DDIM, guidance on a prompt), then the decoder writes the text",
     "entropy_bound": "uniform-state models: DiffusionGemma's entropy-bound canvas sampler (accept the lowest-entropy "
                      "tokens up to `entropy_bound` nats, renoise the rest)",
 }
