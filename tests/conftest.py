@@ -1,10 +1,10 @@
 """Fixtures shared by the whole test tree, and the settings every test process runs under.
 
 Each section below holds one shared piece: exact references on tiny vocabularies (`analytic`, `tiny_exact`,
-`d3pm_exact`, `d3pm_tiny`, `sedd_exact`, `sedd_tiny`, `masked_exact`, `gaussian_toy`: namespaces whose functions a
-test calls), builders of tiny models, runs and checkpoints (factory fixtures: `tiny_transformer`, `write_corpus`,
-`tiny_config`, `write_llada`, ...), and the helpers of multi-process runs (`free_port`, `max_diff`, ...).
-A folder's own conftest.py holds what only its tests share.
+`d3pm_exact`, `d3pm_tiny`, `sedd_exact`, `sedd_tiny`, `masked_exact`, `gaussian_toy`; `latent_toy`, a Gaussian
+latent toy: namespaces whose functions a test calls), builders of tiny models, runs and checkpoints (factory
+fixtures: `tiny_transformer`, `write_corpus`, `tiny_config`, `write_llada`, ...), and the helpers of multi-process
+runs (`free_port`, `max_diff`, ...). A folder's own conftest.py holds what only its tests share.
 """
 
 from __future__ import annotations
@@ -50,5 +50,6 @@ from td_fixtures.exact_d3pm import *  # noqa: E402, F401, F403
 from td_fixtures.exact_masked import *  # noqa: E402, F401, F403
 from td_fixtures.exact_sedd import *  # noqa: E402, F401, F403
 from td_fixtures.gaussian import *  # noqa: E402, F401, F403
+from td_fixtures.latent import *  # noqa: E402, F401, F403
 from td_fixtures.outside_folders import *  # noqa: E402, F401, F403
 from td_fixtures.runs import *  # noqa: E402, F401, F403
