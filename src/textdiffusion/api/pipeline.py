@@ -163,8 +163,7 @@ class Pipeline:
         gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
         # in thousandths of the run: every sampler's frames carry t, the fraction of its work left (1 -> 0),
         # while their step counts mean different things (per block, per window, per token)
-        bar = progress_bar(progress, desc="sampling", total=1000,
-                           bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+        bar = progress_bar(progress, desc="sampling", total=1000, percent=True)
         if not bar.disable:
             user_on_step = on_step
 

@@ -96,12 +96,15 @@ def score_pieces(pipe: Scoring, pieces: Iterable[tuple[str, int]], t_samples: in
                          1 if pipe.process.exact_likelihood else t_samples,
                          "lower the windows per batch (--batch-size)",
                          "lower the Monte Carlo draws (--t-samples) or the windows per batch (--batch-size)")
+        # the bar moves per Monte Carlo draw, not per batch: a batch of 16 windows x 32 draws takes minutes
+        draws = 1 if pipe.process.exact_likelihood else t_samples
+        shares = iter([chunks.numel() * (k + 1) // draws - chunks.numel() * k // draws for k in range(draws)])
         with pipe._autocast():
             values, counted = nelbo_samples(pipe.model, pipe.process, chunks, t_samples=t_samples,
-                                            batch_size=len(chunks), seed=seed + batches)
+                                            batch_size=len(chunks), seed=seed + batches,
+                                            on_draw=lambda: bar.update(next(shares, 0)))
         batches += 1
         totals.add(values, counted)
-        bar.update(chunks.numel())
         bar.set_postfix_str(f"{totals.nats / totals.n_tokens:.4f} nats/token", refresh=False)
 
     with progress_bar(progress, desc="scoring", unit="tok", unit_scale=True) as bar:

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..core.errors import UserError
 from .options import (
@@ -19,6 +20,9 @@ from .options import (
     show_frames,
 )
 
+if TYPE_CHECKING:  # torch only inside the commands that run a model: `--help` and `presets` start at once
+    import torch
+
 SCORE_DESCRIPTION = """\
 Negative log-likelihood of texts or files under the model, per token, in three units:
 nats/token (natural log), bits/token (log base 2) and perplexity (e^nats). Lower is better.
@@ -26,6 +30,9 @@ For the autoregressive baseline it is exact; for diffusion models it is the NELB
 bound on the NLL estimated by Monte Carlo over the noise level t, shown as mean ± standard
 error (so "ppl <="). Texts longer than the model are scored in consecutive windows of its
 length, a batch of windows at a time; files are read in pieces, so any size fits in memory."""
+
+EDIT_MODELS = ("a DiffusER (process diffuser) or Edit Flows (process edit_flow) model, e.g. one trained by "
+               "`textdiffusion train --config tiny process.name=diffuser --out runs/edit`")
 
 
 def add_demo(command: Command) -> None:
@@ -69,7 +76,7 @@ def add_commands(command: Command) -> None:
                 "length changes. --option beam=B --option revisions=R for DiffusER's 2-D beam search.\n"
                 "An Edit Flows model (process edit_flow) runs --steps Euler steps of its insert / delete /\n"
                 "substitute process from the text; --option t_start=0.9 starts late for a text close to clean.")
-    add_model(p)
+    add_model(p, default=None, help=f"an edit model's folder, required: {EDIT_MODELS}")
     add_sampling(p)
     p.add_argument("text", help="the text to revise")
     p.add_argument("-n", "--num-samples", type=int, default=1, help="how many revisions to generate (in one batch)")
@@ -128,10 +135,20 @@ def cmd_sample(args) -> None:
                         **sampling_options(args), **guidance)
     for i, text in enumerate(out.texts):
         print(f"--- sample {i + 1} ---\n{text}")
-    n_tokens = out.ids.numel()
+    n_tokens = written_tokens(out.ids, pipe.tokenizer.eos_id)
     rate = n_tokens / max(out.seconds, 1e-9)
     print(f"[{n_tokens} tokens in {out.seconds:.2f}s, {rate:,.0f} tokens/s, {out.nfe} forward passes]")
     show_frames(args, pipe, out)
+
+
+def written_tokens(ids: torch.Tensor, eos_id: int | None) -> int:
+    """The tokens of a batch [B, L] without the [EOS] padding a sampler writes after a row's stop (block, semi_ar):
+    each row's trailing run of [EOS] counts once, as the stop. Otherwise a BD3-LM run that stopped at token 358 of
+    1,000 would claim 1,000 tokens, and a tokens/s to match."""
+    if eos_id is None:
+        return ids.numel()
+    trailing = (ids == eos_id).flip(1).int().cumprod(1).sum(1)  # per row: how many ids at its end are [EOS]
+    return int(ids.numel() - (trailing - 1).clamp(min=0).sum())
 
 
 def cmd_infill(args) -> None:
@@ -145,6 +162,8 @@ def cmd_infill(args) -> None:
 
 
 def cmd_edit(args) -> None:
+    if args.model is None:  # the shipped model is masked diffusion, which cannot edit: no default to offer
+        raise UserError(f"edit needs --model, {EDIT_MODELS}")
     pipe = pipeline(args)
     options = sampling_options(args)
     options["steps"] = options.get("steps", 10)

@@ -18,10 +18,10 @@ Command = Callable[..., argparse.ArgumentParser]
 adds a subcommand and returns its parser."""
 
 
-def add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=str(DEFAULT_MODEL),
-                   help="model folder: one written by `train` or save_pretrained (default: the shipped "
-                        "Shakespeare MDLM)")
+def add_model(p: argparse.ArgumentParser, default: str | None = str(DEFAULT_MODEL),
+              help: str = "model folder: one written by `train` or save_pretrained (default: the shipped "
+                          "Shakespeare MDLM)") -> None:
+    p.add_argument("--model", default=default, help=help)
     p.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"],
@@ -29,10 +29,10 @@ def add_model(p: argparse.ArgumentParser) -> None:
                         "formats such as LLaDA, Dream or BERT folders; bf16 halves an fp32 model)")
 
 
-def add_progress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show a progress bar on stderr, or never (default: on a terminal, once a run has "
-                        "taken 2 seconds)")
+def add_progress(p: argparse.ArgumentParser,
+                 help: str = "show progress on stderr at once, or never (default: once a run has taken a few "
+                             "seconds: a bar on a terminal, a line every 5 seconds in a log or pipe)") -> None:
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help=help)
 
 
 def add_sampling(p: argparse.ArgumentParser) -> None:

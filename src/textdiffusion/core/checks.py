@@ -4,14 +4,18 @@ UserError with one line that says what to do."""
 from __future__ import annotations
 
 from numbers import Integral
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UserError
+
+if TYPE_CHECKING:  # torch loads in 1-2 s: only resolve_device needs it, so the light commands start at once
+    import torch
 
 
 def resolve_device(name: str | torch.device | None) -> torch.device:
     """auto, cpu, cuda, cuda:N or mps, checked against what this machine has."""
+    import torch
+
     if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -48,16 +48,21 @@ def _draws(model: nn.Module, process: DiffusionProcess, chunks: torch.Tensor, t_
 
 @torch.no_grad()
 def nelbo_samples(model: nn.Module, process: DiffusionProcess, chunks: torch.Tensor, t_samples: int = 4,
-                  batch_size: int = 16, seed: int = 0,
-                  loss_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  batch_size: int = 16, seed: int = 0, loss_mask: torch.Tensor | None = None,
+                  on_draw: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The draws `nelbo` averages, one column per chunk: (values [t_samples, N] in nats per sequence,
     scored tokens [N]). For an estimate per chunk, e.g. the windows of a long text scored in batches.
-    A process with an exact likelihood is evaluated once (t_samples becomes 1)."""
+    A process with an exact likelihood is evaluated once (t_samples becomes 1). `on_draw()` runs after each
+    draw of each batch (progress for a caller whose batches take minutes)."""
     if process.exact_likelihood:
         t_samples = 1
     was_training = model.training
     model.eval()
-    draws = list(_draws(model, process, chunks, t_samples, batch_size, seed, loss_mask))
+    draws = []
+    for draw in _draws(model, process, chunks, t_samples, batch_size, seed, loss_mask):
+        draws.append(draw)
+        if on_draw is not None:
+            on_draw()
     model.train(was_training)
     batches = [draws[i : i + t_samples] for i in range(0, len(draws), t_samples)]
     values = torch.cat([torch.stack([v for v, _ in batch]) for batch in batches], dim=1)

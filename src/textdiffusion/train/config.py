@@ -14,7 +14,6 @@ import yaml
 
 from ..core.checks import text_error
 from ..core.errors import UserError
-from ..models.transformer import splits_into_heads
 from .recipes import LATEST as LATEST_RECIPE, RECIPES, recipe_defaults
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -120,6 +119,8 @@ class Config:
                 good = False
             if not good:
                 raise UserError(f"{section}.{key} must be {allowed}, got {value!r}")
+        from ..models.transformer import splits_into_heads  # here, not at the top: `presets` needs no torch
+
         m = self.model
         if not splits_into_heads(m.d_model, m.n_heads):
             raise UserError(f"model.n_heads must divide model.d_model ({m.d_model}) into heads of even width, "
@@ -239,6 +240,8 @@ def _source(v) -> bool:
 
 def _heads_hint(d_model: int, n_heads: int) -> str:
     """The two head counts nearest to `n_heads` that split `d_model` into heads of even width."""
+    from ..models.transformer import splits_into_heads
+
     fits = [h for h in range(1, d_model + 1) if splits_into_heads(d_model, h)]
     near = sorted(sorted(fits, key=lambda h: (abs(h - n_heads), h))[:2])
     return " or ".join(f"model.n_heads={h}" for h in near) if near else "an even model.d_model"
