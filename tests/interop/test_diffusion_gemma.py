@@ -62,3 +62,59 @@ def test_bench_measure_cli_and_filmstrip_run(gemma, capsys):
     main(["sample", "--model", str(gemma[0]), "--length", "12", "--steps", "2", "--seed", "0", "--filmstrip", "3"])
     printed = capsys.readouterr()
     assert "--- sample 1 ---" in printed.out and "loaded diffusion_gemma" in printed.err
+
+
+def _damaged(gemma, tmp_path, how: str):
+    """A copy of the tiny folder with its weights cut short or a tensor's byte span wrong, or a config.json whose
+    sizes do not fit them."""
+    import json
+    import shutil
+
+    folder = shutil.copytree(gemma[0], tmp_path / how)
+    weights = folder / "model.safetensors"
+    if how == "cut":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size * 2 // 3])
+    elif how == "offsets":  # a tensor's byte span shorter than its shape: only safetensors' own reader sees it
+        data = weights.read_bytes()
+        size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + size])
+        name = next(k for k, v in header.items() if k != "__metadata__" and v["dtype"] == "F32")
+        header[name]["data_offsets"][1] -= 4
+        text = json.dumps(header, separators=(",", ":")).encode()
+        weights.write_bytes(data[:8] + text.ljust(size) + data[8 + size :])
+    else:
+        config = json.loads((folder / "config.json").read_text())
+        text = config["text_config"]
+        if how == "hidden":
+            text["hidden_size"] = 48
+        elif how == "fewer":  # one layer fewer than the weights hold (transformers would drop the other)
+            text["num_hidden_layers"], text["layer_types"] = 1, ["sliding_attention"]
+        else:  # one layer more than the weights hold (transformers would fill it with random values)
+            text["num_hidden_layers"], text["layer_types"] = 3, ["sliding_attention"] + ["full_attention"] * 2
+        (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("how, words", [
+    ("cut", ["model.safetensors is truncated", "fetch the file again"]),
+    ("hidden", ["tensors do not fit the config.json", "[32, 16] in the weights", "[48, 16]", "restore"]),
+    ("layers", ["lack 42 of the model's tensors", "layers.2.", "restore the folder"]),
+    ("offsets", ["transformers cannot load the weights", "invalid shape, data type, or offset", "restore the folder"]),
+    ("fewer", ["tensors the config.json has no place for", "layers.", "restore the config.json"]),
+])
+def test_damaged_folders_are_one_line_errors(gemma, tmp_path, capfd, how, words):
+    from textdiffusion.cli import main
+
+    folder = _damaged(gemma, tmp_path, how)
+    with pytest.raises(UserError) as caught:
+        Pipeline.from_pretrained(folder, device="cpu")
+    assert "\n" not in str(caught.value) and all(w in str(caught.value) for w in words), caught.value
+    capfd.readouterr()
+    assert main(["sample", "--model", str(folder), "--length", "12", "--steps", "2"]) == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "LOAD REPORT" not in err, err
+    if how not in ("layers", "fewer", "offsets"):  # found before transformers' loader runs: nothing but the one line
+        assert err.startswith("textdiffusion: error:") and err.count("\n") == 1, err
+    else:  # found by transformers' loader: the one line follows its progress bar
+        assert err.splitlines()[-1].startswith("textdiffusion: error:"), err
+    assert all(w in err for w in words), err

@@ -125,11 +125,39 @@ def matches(folder: Path, config: dict) -> bool:
     return config.get("model_type") == "diffusion_gemma"
 
 
+def _from_pretrained(transformers, folder: Path, dtype: torch.dtype) -> nn.Module:
+    """transformers' own loader, its failures and its load report turned into one line: what it could not place
+    (missing or unused tensors: the config.json names more or fewer layers than the weights hold) is refused."""
+    from safetensors import SafetensorError
+
+    log = transformers.utils.logging
+    verbosity = log.get_verbosity()
+    log.set_verbosity_error()  # its multi-line report: what it says is raised below in one line
+    try:
+        net, info = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(
+            str(folder), dtype=dtype, local_files_only=True, trust_remote_code=False, output_loading_info=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"transformers cannot load the weights in {folder} ({' '.join(str(exc).split())[:200]}): "
+                        "restore the folder (config.json and model.safetensors as downloaded)") from exc
+    finally:
+        log.set_verbosity(verbosity)
+    missing, unused = sorted(info.get("missing_keys") or ()), sorted(info.get("unexpected_keys") or ())
+    if missing:  # transformers would fill them with random values
+        raise UserError(f"the weights in {folder} lack {len(missing)} of the model's tensors (e.g. {missing[0]}): "
+                        "the config.json names more layers or experts than they hold, or the download is "
+                        "incomplete; restore the folder")
+    if unused:
+        raise UserError(f"the weights in {folder} hold {len(unused)} tensors the config.json has no place for "
+                        f"(e.g. {unused[0]}): it describes a smaller model than these weights; restore the "
+                        "config.json that came with them")
+    return net
+
+
 def load(folder: Path, device: torch.device, dtype: torch.dtype | None) -> Loaded:
     import transformers
 
     from .tokenizer import folder_tokenizer
-    from .weights import MemoryMeter, WeightIndex, check_fits
+    from .weights import MemoryMeter, WeightIndex, build_empty, check_fits, check_shapes
 
     try:
         config = transformers.AutoConfig.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
@@ -151,11 +179,13 @@ def load(folder: Path, device: torch.device, dtype: torch.dtype | None) -> Loade
     canvas_length = int(config.canvas_length or 256)
     cfg = CanvasConfig(seq_len=min(int(text.max_position_embeddings), 4 * canvas_length),
                        vocab_size=tokenizer.vocab_size, canvas_length=canvas_length, model_vocab=int(text.vocab_size))
+    # sizes first, on an empty model: transformers would otherwise print a report of every tensor and raise
+    check_shapes(index, {k: tuple(v.shape) for k, v in build_empty(
+        lambda: transformers.DiffusionGemmaForBlockDiffusion(config)).state_dict().items()})
     meter = MemoryMeter(device)
     with meter.measure() as stats:
         # transformers' loader builds on the meta device and fills tensor by tensor, with the model's own ties
-        net = transformers.DiffusionGemmaForBlockDiffusion.from_pretrained(
-            str(folder), dtype=dtype, local_files_only=True, trust_remote_code=False).to(device).eval()
+        net = _from_pretrained(transformers, folder, dtype).to(device).eval()
     stats.update(weights_bytes=sum(p.numel() * p.element_size() for p in net.parameters()), estimated_bytes=need,
                  dtype=str(dtype).replace("torch.", ""), shards=len(index.files))
     model = DiffusionGemmaDenoiser(net, cfg, tokenizer.bos_id)

@@ -129,14 +129,31 @@ def _read_header(path: Path) -> dict[str, TensorInfo]:
             if not 0 < size <= 100_000_000:
                 raise ValueError(f"implausible header length {size}")
             header = json.loads(fh.read(size))
-        out = {}
+        out, end = {}, 0
         for name, meta in header.items():
             if name == "__metadata__":
                 continue
             out[name] = TensorInfo(path, _SAFETENSORS_DTYPES[meta["dtype"]], tuple(int(d) for d in meta["shape"]))
-        return out
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            end = max(end, int(meta["data_offsets"][1]))
+        have = path.stat().st_size
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise UserError(f"weights file {path} is corrupt ({' '.join(str(exc).split())}): restore it") from exc
+    if have < 8 + size + end:  # the header names more bytes than the file holds: a download cut short
+        raise UserError(f"weights file {path} is truncated ({have:,} bytes, its header describes {8 + size + end:,}): "
+                        "the download is incomplete; fetch the file again")
+    return out
+
+
+def check_shapes(index: WeightIndex, expected: dict[str, tuple[int, ...]]) -> None:
+    """A one-line UserError when a tensor the files and the model both name has another shape in the files
+    (a config.json whose sizes do not describe these weights), before anything is read."""
+    wrong = [(name, index.tensors[name].shape, shape) for name, shape in expected.items()
+             if name in index.tensors and tuple(index.tensors[name].shape) != tuple(shape)]
+    if wrong:
+        name, stored, implied = wrong[0]
+        raise UserError(f"{index.folder}: {len(wrong)} tensors do not fit the config.json (e.g. {name} is "
+                        f"{list(stored)} in the weights but the config implies {list(implied)}): the config.json "
+                        "does not describe these weights; restore the one that came with them")
 
 
 def available_memory(device: torch.device) -> int | None:
