@@ -7,7 +7,7 @@ import textwrap
 
 from ..core.errors import UserError
 from ..pretrained import DEFAULT_MODEL
-from .options import Command, add_overrides
+from .options import Command, add_overrides, add_progress
 
 
 def _train_epilog() -> str:
@@ -90,6 +90,8 @@ def add_commands(command: Command) -> None:
     p.add_argument("--teacher-steps", type=int, default=64,
                    help="sampling steps of the first teacher (a multiple of 2^rounds)")
     p.add_argument("--rounds", type=int, default=3, help="rounds, each halving the sampling steps")
+    add_progress(p, "show each round's training progress on stderr, or not (default: shown, whatever the "
+                    "source model's own run.progress was; run.progress=false also hides it)")
     add_overrides(p, "train.steps=200 train.lr=1e-4 (train.steps is per round)")
     p.set_defaults(func=cmd_distill)
 
@@ -158,7 +160,7 @@ def cmd_adapt(args) -> None:
     elif ours:  # the AR run's config (data, tokenizer, model shape), as a logit-shifted masked model; a new
         # process, so today's training recipe even where the AR run's config predates recipes (read as recipe 1)
         cfg = load_run_config(args.ar_model, [*process, f"process.recipe={LATEST_RECIPE}", f"run.out_dir={args.out}",
-                                              *args.overrides])
+                                              "run.progress=true", *args.overrides])
     else:  # a pretrained causal LM: data and training from --config, the network and tokenizer its own
         cfg = load_config(args.config, [*process, f"run.out_dir={args.out}", *args.overrides])
     if ours:
@@ -184,8 +186,9 @@ def cmd_sft(args) -> None:
     if args.resume:
         cfg = load_run_config(args.out, [*args.overrides])
     else:  # the pretrained run's config (tokenizer, model, process), trained on conversations
+        # run.progress=true: the start run's own choice (the shipped model's is false) is not this run's
         cfg = load_run_config(args.start, ["data.packing=chat", f"data.source={args.data}", f"run.out_dir={args.out}",
-                                           *args.overrides])
+                                           "run.progress=true", *args.overrides])
     folder = FinetuneTrainer(cfg, args.start, resume=args.resume).run()
     print(f"checkpoint: {folder}")
 
@@ -193,8 +196,9 @@ def cmd_sft(args) -> None:
 def cmd_distill(args) -> None:
     from ..train.distill import distill
 
+    overrides = [*args.overrides] + ([] if args.progress is None else [f"run.progress={str(args.progress).lower()}"])
     folders = distill(args.teacher, args.out, teacher_steps=args.teacher_steps, rounds=args.rounds,
-                      overrides=args.overrides)
+                      overrides=overrides)
     print(f"student: {folders[-1]} (sample it with --steps {args.teacher_steps // 2 ** args.rounds})")
 
 

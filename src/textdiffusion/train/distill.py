@@ -35,7 +35,7 @@ from ..processes.base import LossOutput
 from ..processes.masked import MaskedDiffusion
 from . import checkpoint as ckpt
 from .adapt import FinetuneTrainer
-from .config import Config
+from .config import Config, RunConfig
 
 
 def reveal_probability(alpha_from: torch.Tensor, alpha_to: torch.Tensor) -> torch.Tensor:
@@ -169,6 +169,9 @@ def teacher_config(source: str | Path, out: str | Path, overrides: list[str] | N
         raise UserError(f"{folder} holds no training config: distil a model trained by `textdiffusion train`")
     cfg = Config.from_dict(upgrade_saved_config(raw))
     cfg.run.out_dir = str(out)
+    # how the source's own run showed progress (the shipped model's: not at all) is no choice of the user who
+    # starts this distillation: show it unless an override says otherwise
+    cfg.run.progress = RunConfig.progress
     return _apply_overrides(cfg, overrides)
 
 

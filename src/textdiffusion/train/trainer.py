@@ -11,16 +11,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..core.budget import check_memory
 from ..core.errors import UserError
 from ..core.precision import resolve_precision
+from ..core.progress import progress_bar
 from ..models import Transformer
 from ..models.transformer import weight_bytes
 from ..processes import build_process
@@ -50,6 +51,18 @@ def _logged_step(line: str) -> float:
         return json.loads(line)["step"]
     except (json.JSONDecodeError, KeyError, TypeError):
         return float("inf")
+
+
+def validation_line(row: dict, exact: bool) -> str:
+    """One line for an evaluation's row: the NELBO (the NLL when exact) in nats and bits per token and its
+    perplexity bound; an edit family's loss bounds no likelihood, so it is only the loss."""
+    se = f" ± {row['val_stderr']:.4f}" if math.isfinite(row["val_stderr"]) else ""
+    if "val_nelbo" not in row:
+        return f"step {row['step']}: validation loss {row['val_loss']:.4f}{se} (not a likelihood bound)"
+    name, rel = ("NLL", "=") if exact else ("NELBO", "<=")
+    return (f"step {row['step']}: validation {name} {row['val_nelbo']:.4f}{se} nats/token, "
+            f"{row['val_nelbo'] / math.log(2):.4f} bits/token, ppl {rel} {row['val_ppl_bound']:.2f} "
+            f"({row['val_tokens']:,} tokens)")
 
 
 class Trainer:
@@ -112,7 +125,8 @@ class Trainer:
         check_memory(f"training a model of d_model {model_cfg.d_model}, n_layers {model_cfg.n_layers} and vocab_size "
                      f"{model_cfg.vocab_size} (weights, gradients and AdamW moments)", 4 * weight_bytes(model_cfg),
                      "lower model.d_model or model.n_layers (or data.vocab_size, data.seq_len)", self.device)
-        return model_cfg, Transformer(model_cfg)
+        build = getattr(self.process, "build_network", None)  # a family with its own network (processes/latent.py)
+        return model_cfg, Transformer(model_cfg) if build is None else build(model_cfg)
 
     def _check_batch(self) -> None:
         t, world = self.cfg.train, self.info.world_size
@@ -177,9 +191,10 @@ class Trainer:
             print(f"{self.out_dir} already finished its train.steps={self.cfg.train.steps} steps: nothing to train "
                   f"(to train on, set train.steps above {self.step})", flush=True)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=self.cfg.train.steps, initial=self.step, disable=not (r.progress and info.is_main),
-                   desc="train", dynamic_ncols=True)
-        window_start, window_tokens = time.perf_counter(), 0
+        # a bar on a terminal, a line every few seconds in a log (core/progress.py); rank 0 only
+        bar = progress_bar(bool(r.progress and info.is_main), desc="train", total=self.cfg.train.steps,
+                           initial=self.step, unit="steps")
+        window_start, window_tokens, postfix = time.perf_counter(), 0, {}
         try:
             while self.step < self.cfg.train.steps:
                 start = time.perf_counter()
@@ -187,20 +202,31 @@ class Trainer:
                 self.elapsed += time.perf_counter() - start
                 window_tokens += self.cfg.train.batch_size * self.cfg.data.seq_len
                 bar.update(1)
-                if self.step % r.log_every == 0 or self.step == self.cfg.train.steps:
+                last = self.step == self.cfg.train.steps
+                if self.step % r.log_every == 0 or last:
                     rate = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                     window_start, window_tokens = time.perf_counter(), 0
-                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
+                    postfix.update(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}")
+                    bar.set_postfix(postfix)
                     self._log({"step": self.step, "loss": loss, "tokens": self.tokens_seen,
                                "tokens_per_s": rate, "lr": self.optimizer.param_groups[0]["lr"],
                                "elapsed_s": self.elapsed})
-                if r.eval_every and (self.step % r.eval_every == 0 or self.step == self.cfg.train.steps):
-                    self.evaluate()
+                # past the last step the bar is full: it names what still runs (evaluation, save, sample)
+                if r.eval_every and (self.step % r.eval_every == 0 or last):
+                    bar.phase("final evaluation…" if last else "evaluating…")
+                    row = self.evaluate()
+                    bar.note(validation_line(row, self.process.exact_likelihood))
+                    postfix["val"] = f"{row.get('val_nelbo', row.get('val_loss')):.4f}"
+                    bar.set_postfix(postfix)
                 if r.sample_every and self.step % r.sample_every == 0:
+                    bar.phase("sampling…")
                     self.log_sample()
-                if self.step % r.save_every == 0 or self.step == self.cfg.train.steps:
+                if self.step % r.save_every == 0 or last:
+                    bar.phase("saving…")
                     self.save()
+                bar.phase(None)
             if not r.sample_every and not finished:
+                bar.phase("final sample…")
                 self.log_sample()
         finally:
             bar.close()
@@ -298,8 +324,7 @@ class Trainer:
             if self.ema is not None:
                 ckpt.save_weights(self.ema.shadow, folder / ckpt.EMA_FILE)
             self.tok.save(folder)
-            if self.cfg.data.packing == "chat":
-                sft.save_chat_template(self.cfg, folder)
+            sft.save_chat_template(self.cfg, folder)  # the tokenizer folder's template, if it has one
             ckpt.save_trainer_state(state, folder)
 
         ckpt.atomic_folder(self.ckpt_dir, write)
