@@ -10,8 +10,10 @@ import torch
 V, L, D, H, N_LAYERS, COND = 50258, 16, 16, 2, 2, 8  # GPT-2 + [MASK]; everything else tiny
 
 
-def their_state(adaln: bool = True, seed: int = 0, bd3lm: bool = False) -> dict[str, torch.Tensor]:
-    """Random weights under their key names (adaLN non-zero, so the modulation is exercised)."""
+def their_state(adaln: bool = True, seed: int = 0, bd3lm: bool = False,
+                uniform: bool = False) -> dict[str, torch.Tensor]:
+    """Random weights under their key names (adaLN non-zero, so the modulation is exercised). The output row of
+    the last id is zero, as MDLM / BD3-LM training leaves their [MASK] row, except for DUO (`uniform`)."""
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape, std=0.3):
@@ -34,6 +36,9 @@ def their_state(adaln: bool = True, seed: int = 0, bd3lm: bool = False) -> dict[
     if adaln:
         s.update({"backbone.output_layer.adaLN_modulation.weight": r(2 * D, COND),
                   "backbone.output_layer.adaLN_modulation.bias": r(2 * D)})
+    if not uniform:
+        s["backbone.output_layer.linear.weight"][V - 1] = 0
+        s["backbone.output_layer.linear.bias"][V - 1] = 0
     if bd3lm:
         s.update({"sampling_eps_min": torch.tensor(1e-3), "sampling_eps_max": torch.tensor(0.999)})
     return s
@@ -42,5 +47,5 @@ def their_state(adaln: bool = True, seed: int = 0, bd3lm: bool = False) -> dict[
 @pytest.fixture(scope="session")
 def kuleshov_dit() -> SimpleNamespace:
     """The tiny Kuleshov-group DiT: its shape V (GPT-2 + [MASK]), L, D, H, N_LAYERS, COND, and
-    their_state(adaln=True, seed=0, bd3lm=False), random weights under their key names."""
+    their_state(adaln=True, seed=0, bd3lm=False, uniform=False), random weights under their key names."""
     return SimpleNamespace(V=V, L=L, D=D, H=H, N_LAYERS=N_LAYERS, COND=COND, their_state=their_state)

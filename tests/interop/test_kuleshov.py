@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from textdiffusion.api.pipeline import Pipeline
-from textdiffusion.core.errors import UserError
+from textdiffusion.core.errors import InputWarning, UserError
 from textdiffusion.interop import kuleshov
 from textdiffusion.processes import BlockDiffusion, MaskedDiffusion
 
@@ -26,8 +27,9 @@ def write_folder(kuleshov_dit):
     their_state = kuleshov_dit.their_state
 
     def write_folder(folder: Path, kind: str = "mdlm", time_conditioning: bool = False, adaln: bool = True,
-                     block_size: int = 4, **extra) -> dict[str, torch.Tensor]:
-        """config.json and model.safetensors as their push_to_hub writes them (no tokenizer files)."""
+                     block_size: int = 4, weights: str | None = None, **extra) -> dict[str, torch.Tensor]:
+        """config.json and model.safetensors as their push_to_hub writes them (no tokenizer files); `weights`:
+        the family whose weights go under kind's config.json (a swapped folder), by default kind's."""
         folder.mkdir(parents=True, exist_ok=True)
         cfg = {"architectures": [kind.upper()], "cond_dim": COND, "dropout": 0.1, "hidden_dim": D, "model_length": L,
                "model_type": kind, "n_blocks": N_LAYERS, "n_heads": H, "return_dict": False,
@@ -41,7 +43,8 @@ def write_folder(kuleshov_dit):
                 cfg["adaln"] = False
         cfg.update(extra)
         (folder / "config.json").write_text(json.dumps(cfg))
-        state = their_state(adaln=adaln, bd3lm=kind == "bd3lm")
+        weights = weights or kind
+        state = their_state(adaln=adaln, bd3lm=weights == "bd3lm", uniform=weights == "duo")
         save_file(state, str(folder / "model.safetensors"))
         return state
 
@@ -209,3 +212,64 @@ def test_bad_folders_are_one_line_errors(tmp_path, write_folder):
     with pytest.raises(UserError, match="time-conditioned"):
         kuleshov.load(tmp_path / "tc", torch.device("cpu"))
     assert kuleshov.matches(tmp_path, {"model_type": "bd3lm"}) and not kuleshov.matches(tmp_path, {"format": "x"})
+
+
+# ---- a config.json of another family than the weights ---------------------------------------------------------
+
+def _load_quietly_or_warned(folder: Path) -> list[str]:
+    """Load the folder; the InputWarnings it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kuleshov.load(folder, torch.device("cpu"))
+    return [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
+
+
+@pytest.mark.parametrize("config, weights, settings, words", [
+    ("duo", "bd3lm", {"time_conditioning": True}, ["model_type 'duo'", "BD3-LM's sampling_eps_min and", "bd3lm"]),
+    ("mdlm", "bd3lm", {}, ["model_type 'mdlm'", "they are BD3-LM weights", "block_size"]),
+    ("duo", "mdlm", {"time_conditioning": True}, ["output row 50257 is exactly zero", "MDLM or BD3-LM weights"]),
+    ("mdlm", "mdlm", {"adaln": False}, ["no adaLN", "adaln false", "restore"]),  # BD3-LM's adaln-less DiT
+    ("bd3lm", "bd3lm", {"adaln": False, "edit": {"adaln": True}}, ["says adaln true", "have no", "adaln\": false"]),
+    ("bd3lm", "bd3lm", {"edit": {"adaln": False}}, ["says adaln false", "hold adaLN", "adaln\": true"]),
+])
+def test_swapped_configs_are_refused(tmp_path, write_folder, config, weights, settings, words):
+    settings = dict(settings)
+    edit = settings.pop("edit", {})  # config.json fields changed after writing the matching folder
+    write_folder(tmp_path, config, weights=weights, **settings)
+    written = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**written, **edit}))
+    with pytest.raises(UserError) as caught:
+        kuleshov.load(tmp_path, torch.device("cpu"))
+    assert "\n" not in str(caught.value) and all(w in str(caught.value) for w in words), caught.value
+
+
+@pytest.mark.parametrize("config, weights, extra, words", [
+    ("mdlm", "duo", {}, ["[MASK] (id 50257) is trained", "set model_type \"duo\""]),
+    ("bd3lm", "mdlm", {}, ["lack the sampling_eps_min/max buffers", "set model_type \"mdlm\""]),
+    ("bd3lm", "duo", {}, ["is trained", "; the weights lack the sampling_eps"]),
+    ("bd3lm", "bd3lm", {"sampling_eps_min": 0.3, "sampling_eps_max": 0.8}, ["0.3/0.8 differ from the 0.001/0.999"]),
+])
+def test_hinted_swaps_warn_in_one_line(tmp_path, write_folder, config, weights, extra, words):
+    write_folder(tmp_path, config, weights=weights, **extra)
+    said = _load_quietly_or_warned(tmp_path)
+    assert len(said) == 1 and "\n" not in said[0] and all(w in said[0] for w in words), said
+
+
+@pytest.mark.parametrize("kind, settings", [("mdlm", {}), ("mdlm", {"time_conditioning": True}), ("bd3lm", {}),
+                                            ("bd3lm", {"adaln": False}), ("duo", {"time_conditioning": True})])
+def test_matching_folders_load_without_a_warning(tmp_path, write_folder, kind, settings):
+    write_folder(tmp_path, kind, **settings)
+    assert _load_quietly_or_warned(tmp_path) == []
+
+
+def test_cli_prints_the_warning_and_the_refusal_on_one_line(tmp_path, write_folder, capfd):
+    from textdiffusion.cli import main
+
+    write_folder(tmp_path / "warned", "mdlm", weights="duo")
+    assert main(["sample", "--model", str(tmp_path / "warned"), "--steps", "2", "--seed", "0"]) == 0
+    said = [line for line in capfd.readouterr().err.splitlines() if "warning" in line.lower()]
+    assert len(said) == 1 and said[0].startswith("textdiffusion: warning: ") and "is trained" in said[0], said
+    write_folder(tmp_path / "refused", "mdlm", weights="bd3lm")
+    assert main(["sample", "--model", str(tmp_path / "refused"), "--steps", "2"]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("textdiffusion: error: ") and "BD3-LM weights" in err, err

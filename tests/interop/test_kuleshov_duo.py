@@ -86,7 +86,7 @@ def test_duo_folder_loads_and_runs(tmp_path, kuleshov_dit):
     cfg = {"model_type": "duo", "hidden_dim": dit.D, "cond_dim": dit.COND, "n_blocks": dit.N_LAYERS, "n_heads": dit.H,
            "model_length": dit.L, "vocab_size": 50258, "time_conditioning": True}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    save_file(kuleshov_dit.their_state(), str(tmp_path / "model.safetensors"))
+    save_file(kuleshov_dit.their_state(uniform=True), str(tmp_path / "model.safetensors"))
     loaded = kuleshov.load(tmp_path, torch.device("cpu"))
     assert isinstance(loaded.model, UniformMeanToScore) and isinstance(loaded.process, SEDD)
     assert loaded.process.graph_name == "uniform" and loaded.tokenizer.mask_id == 50258

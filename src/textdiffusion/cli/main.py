@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
-from ..core.errors import UserError
+from ..core.errors import InputWarning, UserError
 from . import bench, generate, serving, training
 
 DESCRIPTION = "Diffusion language models: sample, infill and score text, train models and compare them."
@@ -47,10 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(show):
+    """Python's warning printer, but an InputWarning is one line like an error (no file, line or source)."""
+
+    def shown(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, InputWarning):
+            return show(message, category, filename, lineno, file, line)
+        print(f"textdiffusion: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+    return shown
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args) or 0  # a command may return its own status (chat: 2 when a turn failed)
+        with warnings.catch_warnings():  # restores Python's printer when the command ends
+            warnings.showwarning = _show_warning(warnings.showwarning)
+            return args.func(args) or 0  # a command may return its own status (chat: 2 when a turn failed)
     except UserError as exc:
         # one line, whatever the message holds: scripts and humans read the first line
         print(f"textdiffusion: error: {' '.join(str(exc).split())}", file=sys.stderr)

@@ -19,19 +19,34 @@ How their conventions map onto ours (both exact):
   training (`ignore_bos`); our bound scores it like any other.
 * DUO is uniform-state: its x0 prediction implies a concrete score, and its ELBO is SEDD's uniform-graph bound
   of that score (`models.dit.UniformMeanToScore`), so it runs on our SEDD process (graph "uniform", log-linear
-  noise with their eps) and SEDD's samplers. A DUO folder must say model_type "duo": one whose config.json
-  says "mdlm" cannot be told from an MDLM checkpoint (edit that field).
+  noise with their eps) and SEDD's samplers. A DUO folder must say model_type "duo": under an "mdlm" config.json its
+  weights load as MDLM's, with only a warning (below).
 * BD3-LM's [x_t ; x0] training pass, block-causal mask and repeated positions are our `BlockDiffusion`'s, and
   its KV-cached block sampler is our sampler 'block'.
+
+What the weights say they are (`check_family`), since the three share one DiT and a config.json of another
+family would otherwise load and sample nonsense without a word:
+* BD3-LM saves its clipped-schedule buffers `sampling_eps_min` / `sampling_eps_max` with its weights, and of the
+  three only BD3-LM (adaln false) has a DiT without adaLN (`backbone.sigma_map.*`): an MDLM or DUO config.json
+  over such weights is refused.
+* Their final layer starts at zero and SUBS adds -1e6 to the [MASK] logit, so MDLM and BD3-LM never train the
+  output row of [MASK] (id vocab_size - 1): it stays exactly zero. DUO trains that row (its [PAD], a state). A
+  DUO config.json over a zero row is refused; an MDLM / BD3-LM one over a trained row is only warned about (a
+  model trained by other code may not keep the row at zero).
+* The weights do not record block_size or time conditioning (sigma_map exists either way), nor tell BD3-LM
+  weights saved without the buffers (var_min false) from MDLM's: a BD3-LM config.json with var_min over
+  weights without the buffers, or with other values than they hold, is warned about; the rest is config.json's
+  word.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 
-from ..core.errors import UserError
+from ..core.errors import InputWarning, UserError
 from ..data.tokenizers import HFTokenizer, Tokenizer
 from ..models.dit import KuleshovDiT, KuleshovDiTConfig, UniformMeanToScore
 from ..processes import BlockDiffusion, DiffusionProcess, MaskedDiffusion
@@ -47,6 +62,8 @@ DEFAULTS = {"vocab_size": 50258, "model_length": 1024, "hidden_dim": 768, "cond_
 BD3LM_DEFAULTS = {"block_size": 1, "adaln": True, "causal": False, "cross_attn": True, "var_min": True,
                   "sampling_eps_min": 1e-3, "sampling_eps_max": 0.999}
 T_MIN = 1e-3  # their sampling_eps
+BD3LM_BUFFERS = ("sampling_eps_min", "sampling_eps_max")
+HEAD = "backbone.output_layer.linear"
 
 
 def matches(folder: Path, config: dict) -> bool:
@@ -138,6 +155,73 @@ def build_process(config: dict, cfg: KuleshovDiTConfig, tokenizer: Tokenizer, wh
                           mask_rate_min=low, mask_rate_max=high)
 
 
+def _read(index, name: str, rows: slice | None = None) -> torch.Tensor:
+    """One stored tensor (or some of its rows), float32, without reading the rest of the file."""
+    from safetensors import SafetensorError, safe_open
+
+    path = index.tensors[name].file
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            return (fh.get_tensor(name) if rows is None else fh.get_slice(name)[rows]).float()
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"weights file {path} is corrupt ({' '.join(str(exc).split())}): restore it") from exc
+
+
+def _mask_row_untrained(index, vocab: int) -> bool | None:
+    """Whether the output row of id vocab - 1 is exactly zero while the layer is trained (module notes); None
+    where the weights cannot say (no such layer, or an all-zero one: never trained)."""
+    weight, bias = HEAD + ".weight", HEAD + ".bias"
+    if weight not in index.tensors or bias not in index.tensors or index.tensors[weight].shape[0] != vocab:
+        return None
+    biases = _read(index, bias)
+    if not (biases[:-1].any() or _read(index, weight, slice(0, 1)).any()):
+        return None
+    return not (_read(index, weight, slice(vocab - 1, vocab)).any() or biases[-1])
+
+
+def check_family(folder: Path, config: dict, cfg: KuleshovDiTConfig, where: str) -> None:
+    """Refuse a config.json of another family than the weights where they show it, warn in one line where they
+    only hint at it (module notes); reads a few rows, before the weights are loaded."""
+    from .weights import WeightIndex
+
+    index = WeightIndex(folder)
+    kind, last = config["model_type"], cfg.vocab_size - 1
+    buffers = [name for name in BD3LM_BUFFERS if name in index.tensors]
+    adaln = any(name.startswith("backbone.sigma_map.") for name in index.tensors)
+    restore = "restore the config.json that came with these weights"
+    if kind != "bd3lm" and buffers:
+        raise UserError(f"{where} says model_type {kind!r}, but the weights hold BD3-LM's {' and '.join(buffers)} "
+                        f"buffers: they are BD3-LM weights; {restore} (model_type \"bd3lm\", with their block_size)")
+    if kind != "bd3lm" and not adaln:
+        raise UserError(f"{where} says model_type {kind!r}, but the weights have no adaLN (backbone.sigma_map.*), "
+                        f"which {kind.upper()} always has: they look like a BD3-LM trained with adaln false; "
+                        f"{restore} (model_type \"bd3lm\", \"adaln\": false)")
+    if kind == "bd3lm" and adaln != cfg.adaln:
+        held = "hold" if adaln else "have no"
+        raise UserError(f"{where} says adaln {str(cfg.adaln).lower()}, but the weights {held} "
+                        f"adaLN tensors (backbone.sigma_map.*): set \"adaln\": {str(adaln).lower()}, or {restore}")
+    untrained = _mask_row_untrained(index, cfg.vocab_size)
+    if kind == "duo" and untrained:
+        raise UserError(f"{where} says model_type \"duo\", but the weights' output row {last} is exactly zero, as "
+                        "MDLM and BD3-LM leave their [MASK] row (DUO trains it: its [PAD]): they are MDLM or BD3-LM "
+                        f"weights; {restore}")
+    doubts = []
+    if kind != "duo" and untrained is False:
+        doubts.append(f"the weights' output row for [MASK] (id {last}) is trained, which MDLM and BD3-LM never do "
+                      "and DUO does (DUO weights? then set model_type \"duo\" and time_conditioning true)")
+    if kind == "bd3lm" and _field(config, "var_min", BD3LM_DEFAULTS):
+        said = tuple(float(_field(config, name, BD3LM_DEFAULTS)) for name in BD3LM_BUFFERS)
+        if len(buffers) < 2:
+            doubts.append("the weights lack the sampling_eps_min/max buffers BD3-LM saves with them (MDLM weights? "
+                          "then set model_type \"mdlm\")")
+        elif not torch.allclose(held := torch.stack([_read(index, n) for n in BD3LM_BUFFERS]), torch.tensor(said)):
+            doubts.append(f"its sampling_eps_min/max {said[0]:g}/{said[1]:g} differ from the {held[0]:g}/{held[1]:g} "
+                          "the weights hold (another BD3-LM's config.json, of another block_size?); config.json's "
+                          "are used")
+    if doubts:
+        warnings.warn(f"{where} says model_type {kind!r}, but " + "; ".join(doubts), InputWarning, stacklevel=3)
+
+
 def rename(name: str) -> str | None:
     """Their key -> ours: drop `backbone.`; skip the rotary frequencies (recomputed) and BD3-LM's
     clipped-schedule buffers (read from config.json)."""
@@ -157,6 +241,7 @@ def load(folder: Path, device: torch.device, dtype: torch.dtype | None = None) -
     if not matches(folder, config):
         raise UserError(f"{where} has model_type {config.get('model_type')!r}, not one of {', '.join(MODEL_TYPES)}")
     cfg = model_config(config, where)
+    check_family(folder, config, cfg, where)
     uniform = config["model_type"] == "duo"
     tokenizer = gpt2_with_mask(folder, uniform)
     states = cfg.vocab_size + 1 if uniform else cfg.vocab_size  # DUO: + a [MASK] id that is never a state
