@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.cli import main
@@ -16,6 +19,7 @@ from textdiffusion.core import progress
 from textdiffusion.models import ModelConfig, Transformer
 from textdiffusion.pretrained import DEFAULT_MODEL
 from textdiffusion.processes import BlockDiffusion, MaskedDiffusion
+from textdiffusion.train.config import PRESETS_DIR
 
 
 def _folder(tmp_path, byte_tok, process, seq_len: int = 48) -> str:
@@ -98,3 +102,24 @@ def test_light_commands_start_without_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_every_readme_run_folder_is_made_where_it_first_appears():
+    """A reader copies the README's commands in order: the first line that names a folder under runs/ must be
+    the command that makes it (`--out runs/X`, a preset whose run.out_dir it is, a benchmark script writing it)
+    or point to the commands that do."""
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    preset_out = {}
+    for path in PRESETS_DIR.glob("*.yaml"):
+        preset_out[path.stem] = (yaml.safe_load(path.read_text()).get("run") or {}).get("out_dir")
+    seen: set[str] = set()
+    for line in readme.read_text(encoding="utf-8").splitlines():
+        for folder in re.findall(r"runs/[\w.-]+", line):
+            if folder in seen:
+                continue
+            seen.add(folder)
+            makers = [f"--out {folder}", "commands that make it"]
+            makers += [f"train --config {name} " for name, out in preset_out.items() if out == folder]
+            makes = any(m in line for m in makers) or re.search(rf"benchmarks/\S+\.py (\S+ )?{folder}\b", line)
+            assert makes, f"README names {folder} before any command that makes it: {line.strip()}"
+    assert {"runs/dlm", "runs/cls", "runs/edit-diffuser", "runs/shakespeare-ar"} <= seen
