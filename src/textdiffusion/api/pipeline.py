@@ -189,7 +189,8 @@ class Pipeline:
                 progress: bool | None = None, **sampler_options) -> GenerationOutput:
         """Run a sampler on token ids `x` [B, L]: [MASK] ids are generated, other ids are kept.
 
-        `progress`: a progress bar on stderr; None shows one only on a terminal and after 2 seconds."""
+        `progress`: progress on stderr (core/progress.py); None shows it once the run has taken a few seconds: a
+        bar on a terminal, a line every 5 seconds in a log."""
         if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.is_complex():
             raise UserError(f"x must be a tensor of token ids [batch, length], got {type(x).__name__}"
                             + (f" of {x.dtype}" if isinstance(x, torch.Tensor) else ""))
@@ -215,8 +216,8 @@ class Pipeline:
 
         `prompt` fixes the first tokens; `sampler` defaults to the process's own (ancestral for
         masked diffusion, ar for the autoregressive baseline); sampler options (steps, temperature,
-        top_p, cache, ...) go to the sampler's config. `progress`: a progress bar on stderr (None: only
-        on a terminal, once sampling has taken 2 seconds).
+        top_p, cache, ...) go to the sampler's config. `progress`: progress on stderr (None: once sampling has
+        taken a few seconds, a bar on a terminal, a line every 5 seconds in a log).
         """
         num_samples = check_int("num_samples", num_samples, minimum=1)
         length = self.seq_len if length is None else check_int("length", length)
