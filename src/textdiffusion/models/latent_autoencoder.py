@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.budget import check_memory
 from .transformer import Block, ModelConfig, TimeEmbedding, rotary_tables
 
 
@@ -90,6 +91,12 @@ class LatentModel(nn.Module):
                  decoder_layers: int, resampler_layers: int, self_condition: bool = False):
         super().__init__()
         self.cfg, self.num_latents, self.latent_dim = cfg, num_latents, latent_dim
+        if nn.Linear(1, 1, bias=False).weight.device.type != "meta":  # not under an empty-weights build
+            check_memory(f"a latent model of d_model {cfg.d_model}, {encoder_layers} + {decoder_layers} + "
+                         f"{cfg.n_layers} layers and {num_latents} latents of width {latent_dim}",
+                         latent_weight_bytes(cfg, num_latents, latent_dim, encoder_layers, decoder_layers,
+                                             resampler_layers),
+                         "lower model.d_model, model.n_layers or the process's layer and latent counts")
         d = cfg.d_model
         plain = dataclasses.replace(cfg, causal=False, time_conditioning=False)
         self.embed = nn.Embedding(cfg.vocab_size, d)
