@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..api.chat import TEMPLATE_FILE, find_chat_template
 from ..core.errors import UserError
 from ..data.tokenizers import META_FILE
 from ..interop.adapted import AdaptedLlamaConfig
@@ -80,6 +81,9 @@ class LlamaAdaptTrainer(AnnealedMask, Trainer):
         tok_dir = Path(cfg.run.out_dir) / "tokenizer"
         if not (tok_dir / META_FILE).is_file():
             adapted_tokenizer(self.source, self.source_config).save(tok_dir)
+            template = find_chat_template(self.source)  # an instruct model chats under its own template
+            if template is not None:
+                (tok_dir / TEMPLATE_FILE).write_text(template, encoding="utf-8")
         cfg.data.tokenizer = str(tok_dir)
         super().__init__(cfg, resume=resume)
         if not resume:

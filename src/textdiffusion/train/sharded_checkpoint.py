@@ -141,8 +141,7 @@ def save(trainer) -> None:
             if ema is not None:
                 ckpt.save_weights(ema, tmp / ckpt.EMA_FILE)
             trainer.tok.save(tmp)
-            if trainer.cfg.data.packing == "chat":
-                sft.save_chat_template(trainer.cfg, tmp)
+            sft.save_chat_template(trainer.cfg, tmp)  # the tokenizer folder's template, if it has one
             ckpt.save_trainer_state(state, tmp)
             ckpt.swap_into_place(tmp, final)
     except BaseException:
