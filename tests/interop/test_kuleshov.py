@@ -176,6 +176,19 @@ def test_bd3lm_training_pass_matches_reference_and_cache_is_exact(tmp_path, kule
     assert torch.equal(a.ids, b.ids) and (a.ids != 50257).all()
 
 
+def test_bd3lm_cached_and_uncached_agree_up_to_the_trained_length(tmp_path, kuleshov_dit, write_folder):
+    """Past model_length both slide a window of whole blocks, but the cache keeps each block's keys as computed
+    in its own window (samplers/block.py): the blocks within the trained length agree, later ones need not (as
+    docs/interop.md says: if they come to agree, say so there)."""
+    write_folder(tmp_path, "bd3lm", block_size=4)
+    pipe = Pipeline.from_pretrained(tmp_path, device="cpu")
+    n = kuleshov_dit.L
+    a, b = (pipe.generate(num_samples=4, length=n + 8, seed=1, steps=2, cache=c, stop_at_eos=False)
+            for c in (True, False))
+    assert a.ids.shape == (4, n + 8) and torch.equal(a.ids[:, :n], b.ids[:, :n])
+    assert not torch.equal(a.ids[:, n:], b.ids[:, n:])
+
+
 def test_bd3lm_without_adaln(tmp_path, kuleshov_dit, ref_forward, write_folder):
     state = write_folder(tmp_path, "bd3lm", adaln=False, block_size=8)
     loaded = kuleshov.load(tmp_path, torch.device("cpu"))
