@@ -12,17 +12,22 @@ Gauss-Hermite quadrature over p(z).
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.core.errors import UserError
 from textdiffusion.models import ModelConfig, Transformer
 from textdiffusion.processes import build_process, gaussian_math
 from textdiffusion.processes.latent import LatentDiffusion, backbone
+from textdiffusion.train.fsdp import checkpoint_blocks
 from textdiffusion.train.trainer import Trainer
 
 
@@ -206,3 +211,34 @@ def test_a_trained_run_round_trips_through_its_folder(tmp_path, tiny_config, wri
     assert all(text.startswith("To be") for text in out.texts)
     assert math.isfinite(pipe.score("To be, or not to be")[0].nats_per_token)
     assert Trainer(cfg, resume=True).process.batches_drawn == 2  # the stage counter resumes with the run
+
+
+@pytest.mark.parametrize("ae_steps", [1, 0], ids=["autoencoder", "diffusion"])
+def test_activation_checkpointing_leaves_the_gradients_as_they_were(ae_steps, latent_toy):
+    torch.manual_seed(0)
+    process = latent_toy.toy_process(2, 4, ae_steps=ae_steps)
+    plain = process.build_network(latent_toy.tiny_cfg())
+    checkpointed = copy.deepcopy(plain)
+    checkpoint_blocks(checkpointed)
+    x0 = torch.randint(0, 5, (4, 8))
+    noise = process.train_noise(x0, torch.Generator().manual_seed(0))
+    for net in (plain, checkpointed):
+        process.loss(net, x0, noise).total.backward()
+    grads = [(a.grad, b.grad) for a, b in zip(plain.parameters(), checkpointed.parameters()) if a.grad is not None]
+    assert grads and all(torch.allclose(a, b, atol=1e-6) for a, b in grads)
+    # every block of the encoder, decoder and denoiser was wrapped (so the equality above is not vacuous)
+    assert len(checkpointed.blocks) == 3 and all(isinstance(b.forward, functools.partial) for b in checkpointed.blocks)
+
+
+def test_data_parallel_training_is_refused_in_one_line(latent_toy, free_port):
+    if dist.is_initialized():
+        pytest.skip("this process already has a process group")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        process = latent_toy.toy_process(2, 4)
+        wrapped = DistributedDataParallel(process.build_network(latent_toy.tiny_cfg()))
+        x0 = torch.randint(0, 5, (2, 8))
+        with pytest.raises(UserError, match="train without torchrun"):
+            process.loss(wrapped, x0, process.train_noise(x0))
+    finally:
+        dist.destroy_process_group()

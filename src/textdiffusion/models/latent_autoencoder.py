@@ -131,6 +131,11 @@ class LatentModel(nn.Module):
         nn.init.zeros_(self.final_modulation.weight)
         nn.init.zeros_(self.final_modulation.bias)
 
+    @property
+    def blocks(self) -> list[Block]:
+        """Every transformer block (encoder, decoder, denoiser): what activation checkpointing wraps."""
+        return [*self.encoder, *(layer.block for layer in self.decoder), *self.denoiser]
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

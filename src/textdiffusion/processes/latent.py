@@ -32,6 +32,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..core.errors import UserError
 from ..models.latent_autoencoder import LatentModel
@@ -56,7 +57,12 @@ def _fraction(name: str, value, meaning: str) -> float:
 
 
 def backbone(model: nn.Module) -> LatentModel:
-    """The LatentModel inside DDP / torch.compile wrappers, or a one-line refusal for any other network."""
+    """The LatentModel inside a torch.compile wrapper, or a one-line refusal for any other network. The losses call
+    the encoder, decoder and denoiser outside the model's forward, where DDP's gradient reduction and FSDP's
+    gathering of shards never run, so a data-parallel wrapper is refused too."""
+    if isinstance(model, DistributedDataParallel) or hasattr(model, "reshard"):  # DDP, or FSDP2's fully_shard
+        raise UserError("latent models train in one process (their losses call the encoder, decoder and denoiser "
+                        "outside the model's forward, which DDP and FSDP do not see): train without torchrun")
     while not isinstance(model, LatentModel):
         inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
         if not isinstance(inner, nn.Module):
