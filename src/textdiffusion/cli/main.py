@@ -59,8 +59,22 @@ def _show_warning(show):
     return shown
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's arguments. Config overrides (SECTION.KEY=VALUE) may also follow options, as in
+    `train --config tiny train.steps=50 --out runs/x model.d_model=64`: argparse takes a positional list only
+    once, so overrides found after it join it; anything else unknown is refused as argparse refuses it."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) \
+            and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         with warnings.catch_warnings():  # restores Python's printer when the command ends
             warnings.showwarning = _show_warning(warnings.showwarning)
