@@ -41,9 +41,6 @@ def load(folder: Path, device: torch.device, dtype: torch.dtype | None = None, u
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{config_file} lacks a valid model or process section ({one_line(exc)}): "
                         "restore it or re-train") from exc
-    if tokenizer.vocab_size != model_cfg.vocab_size:
-        raise UserError(f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but model.vocab_size in "
-                        f"{config_file} is {model_cfg.vocab_size}: the tokenizer files belong to another model")
     try:
         process = build_process(process_name, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
                                 **process_cfg)
@@ -53,6 +50,10 @@ def load(folder: Path, device: torch.device, dtype: torch.dtype | None = None, u
     build = getattr(process, "build_network", None)  # a family with its own network (processes/latent.py)
     model = Transformer(model_cfg) if build is None else build(model_cfg)
     ckpt.load_run_weights(model, folder, use_ema)
+    # after the weights: a config.json that no longer fits them is named by the tensor that shows it
+    if tokenizer.vocab_size != model_cfg.vocab_size:
+        raise UserError(f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but model.vocab_size in "
+                        f"{config_file} is {model_cfg.vocab_size}: the tokenizer files belong to another model")
     if dtype is not None and dtype != torch.float32:
         model = model.to(dtype)
     return Loaded(model.to(device), process, tokenizer, cfg)
