@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from textdiffusion.models.kv_cache import KVCache
+from textdiffusion.models.kv_cache import KVCache, RowsKVCache
 
 
 def stored_cache(length: int = 10) -> tuple[KVCache, torch.Tensor]:
@@ -42,3 +42,25 @@ def test_skipped_tokens_are_read_not_stored_again():
     new = torch.full((2, 1, 3, 1), -1.0)  # the first of three new tokens is already stored (query only)
     k, _ = cache.extend(0, new, new.clone(), capacity=6, commit=False, skip=1)
     assert k.shape[2] == 4 + 2 and k[0, 0, :, 0].tolist() == [0, 1, 2, 3, -1, -1]
+
+
+def test_rows_cache_hands_each_call_its_own_keys_and_pads_the_rest():
+    """Three calls in one pass: 2 new tokens onto 3 stored (all kept), 4 onto 1 (2 kept), 3 with no cache."""
+    first, second = KVCache(1), KVCache(1)
+    for cache, stored in ((first, 3), (second, 1)):
+        keys = torch.arange(1, stored + 1, dtype=torch.float32).view(1, 1, stored, 1)  # stored keys 1, 2, ...
+        cache.extend(0, keys, -keys, capacity=8, commit=True)  # values: minus the keys
+        cache.length = stored
+    rows = RowsKVCache([(first, 1, 2, True), (second, 1, 4, 2), (None, 1, 3, True)])
+    new = torch.full((3, 1, 4, 1), 0.0)
+    new[:, 0, :, 0] = torch.tensor([10.0, 20.0, 30.0, 40.0])  # the pass's new keys, right-padded to 4
+    k, v = rows.extend(0, new, -new, capacity=8)
+    assert rows.width == 5 and k.shape == (3, 1, 5, 1)
+    assert k[0, 0, :, 0].tolist() == [1, 2, 3, 10, 20]  # its stored keys, then its 2 real new ones
+    assert k[1, 0, :, 0].tolist() == [1, 10, 20, 30, 40]
+    assert k[2, 0, :, 0].tolist() == [10, 20, 30, 0, 0]  # its padded key slot is zero (the mask hides it)
+    assert torch.equal(v, -k)
+    rows.finish()
+    assert (first.length, second.length) == (5, 3)  # each stored what it committed, nothing of the padding
+    assert first.keys[0][0, 0, :5, 0].tolist() == [1, 2, 3, 10, 20]
+    assert second.keys[0][0, 0, :3, 0].tolist() == [1, 10, 20]

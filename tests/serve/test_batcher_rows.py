@@ -1,12 +1,19 @@
 """The forward batcher: calls at different diffusion times (and of different row counts) that share one forward
-pass each get their own t and their own rows back. A model that echoes its inputs shows what each call received."""
+pass each get their own t and their own rows back. A model that echoes its inputs shows what each call received.
+With a real model, the fast samplers' KV-cached, masked and shorter calls share passes and sample what they
+sample alone; the stats count what shared."""
 
 from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 
+from textdiffusion.api.pipeline import Pipeline
+from textdiffusion.data.tokenizers import ByteTokenizer
+from textdiffusion.models import ModelConfig, Transformer
+from textdiffusion.processes import BlockDiffusion, MaskedDiffusion
 from textdiffusion.serve.batcher import BatchedModel, ForwardBatcher
 
 
@@ -71,3 +78,108 @@ def test_calls_of_other_lengths_run_in_their_own_pass():
     assert sorted(echo.calls) == [1, 2]
     assert torch.equal(results[1][..., 0].long(), requests[1][0]) and (results[1][..., 1] == 0.5).all()
     assert (results[0][..., 1] == 0.25).all()
+
+
+# ---- merged passes (serve/merge.py) through the batcher: the fast samplers' KV-cached calls share passes ----
+
+def tiny_masked_model(time_conditioning: bool = False) -> Transformer:
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=ByteTokenizer().vocab_size, seq_len=40, d_model=32, n_layers=1,
+                                    n_heads=2, time_conditioning=time_conditioning))
+    with torch.no_grad():  # far from uniform, so that a wrong key or position would change the samples
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return model.eval()
+
+
+def pipes(model: torch.nn.Module) -> dict[str, Pipeline]:
+    """The same network under masked diffusion (threshold with its caches) and block diffusion (block)."""
+    tok = ByteTokenizer()
+    return {"masked": Pipeline(model, MaskedDiffusion(tok.vocab_size, tok.mask_id), tok, {}),
+            "block": Pipeline(model, BlockDiffusion(tok.vocab_size, tok.mask_id, block_size=8), tok, {})}
+
+
+CACHED = [  # (process, prompt, length, seed, sampler options)
+    ("masked", "To be", 24, 0, {"sampler": "threshold", "cache": "prefix", "block_length": 8, "threshold": 0.5}),
+    ("masked", "Oh", 37, 1, {"sampler": "threshold", "cache": "dual", "block_length": 8, "threshold": 0.5}),
+    ("masked", "", 30, 2, {"sampler": "threshold", "cache": "dual", "block_length": 6, "threshold": 0.3}),
+    ("block", "To", 27, 3, {"steps": 4}),
+    ("block", "", 40, 4, {"steps": 3}),
+    ("masked", "What", 16, 5, {"sampler": "ancestral", "steps": 6}),
+]
+
+
+def generate(pipe: Pipeline, prompt: str, length: int, seed: int, options: dict) -> torch.Tensor:
+    return pipe.generate(length=length, prompt=prompt or None, seed=seed, num_samples=2, **options).ids
+
+
+@pytest.mark.parametrize("time_conditioning", [False, True])
+def test_cached_samplers_sample_under_merged_passes_what_they_sample_alone(time_conditioning):
+    model = tiny_masked_model(time_conditioning)
+    requests = [r for r in CACHED if not (time_conditioning and r[0] == "block")]  # block passes no t
+    alone = pipes(model)
+    expected = [generate(alone[kind], *rest) for kind, *rest in requests]
+    batcher = ForwardBatcher(model, enabled=True, max_wait_s=5.0)
+    shared = pipes(BatchedModel(model, batcher))
+    got: list[torch.Tensor | None] = [None] * len(requests)
+    entered = threading.Barrier(len(requests))
+
+    def worker(i: int) -> None:
+        kind, *rest = requests[i]
+        with batcher.active():
+            entered.wait()
+            got[i] = generate(shared[kind], *rest)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(requests))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        batcher.close()
+    for i, (want, have) in enumerate(zip(expected, got)):
+        assert have is not None and torch.equal(have, want), requests[i]
+    stats = batcher.stats
+    assert stats.solo == 0  # nothing had to run alone
+    assert stats.shared_cached > 0 and stats.shared_padded > 0  # cached and shorter calls did share passes
+    assert stats.calls > 2 * stats.forwards
+
+
+def test_stats_count_what_shared_a_pass():
+    model = tiny_masked_model()
+    causal = Transformer(ModelConfig(vocab_size=model.cfg.vocab_size, seq_len=40, d_model=32, n_layers=1, n_heads=2,
+                                     causal=True)).eval()
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(torch.zeros(1, 5, dtype=torch.long), cache=cache)
+    requests = [((torch.ones(2, 12, dtype=torch.long),), {}),  # the longest: not padded
+                ((torch.ones(1, 7, dtype=torch.long),), {"positions": torch.arange(3, 10)}),  # padded
+                ((torch.ones(1, 4, dtype=torch.long),), {"cache": cache, "commit": False})]  # padded, cached
+    for inner, solo in ((model, 0), (causal, 2)):  # a causal model's calls with extras run alone
+        if inner is causal:
+            requests[2][1]["cache"] = causal.new_cache()
+        batcher = ForwardBatcher(inner, enabled=True, max_wait_s=5.0)
+        wrapped = BatchedModel(inner, batcher)
+        entered = threading.Barrier(len(requests))
+
+        def worker(args, kwargs, wrapped=wrapped, batcher=batcher, entered=entered) -> None:
+            with batcher.active():
+                entered.wait()
+                wrapped(*args, **kwargs)
+
+        threads = [threading.Thread(target=worker, args=r) for r in requests]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=30)
+        finally:
+            batcher.close()
+        stats = batcher.stats
+        assert (stats.calls, stats.solo) == (3, solo)
+        if solo == 0:
+            assert (stats.forwards, stats.rows, stats.max_calls_per_forward) == (1, 4, 3)
+            assert (stats.shared_cached, stats.shared_padded) == (1, 2)
+        else:
+            assert (stats.forwards, stats.shared_cached, stats.shared_padded) == (3, 0, 0)

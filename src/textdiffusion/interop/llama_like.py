@@ -128,6 +128,7 @@ class Block(nn.Module):
 
 class LlamaLike(nn.Module):
     reads_cached_queries = True  # forward(query_only=...): the logit-shifted view's cache (models/shifted.py)
+    row_batching = True  # positions [B, n], attn_mask [B, 1, n, k] and a RowsKVCache (serve/merge.py)
 
     def __init__(self, cfg: LlamaLikeConfig):
         super().__init__()
@@ -149,7 +150,8 @@ class LlamaLike(nn.Module):
         """ids [B, n] -> logits [B, n, V]; the arguments are our Transformer's (models/transformer.py).
 
         `attn_mask` [n, past + n] bool (True: may attend) and `positions` [n] serve AR -> diffusion adaptation
-        (models/shifted.py reads [START] x_t under an annealed causal mask) and block diffusion ([x_t; x0]).
+        (models/shifted.py reads [START] x_t under an annealed causal mask) and block diffusion ([x_t; x0]);
+        [B, 1, n, past + n] and [B, n] give each row its own (calls merged by serve/merge.py).
         With `cache`, `ids` continue the cached tokens (default positions: cache.length onward) and attend to
         them; `commit` stores their keys/values (an int: that many leading tokens). `query_only`: the first
         tokens of `ids` are already in the cache and are read again as queries only (models/shifted.py).
@@ -170,9 +172,10 @@ class LlamaLike(nn.Module):
             positions = torch.cat([positions[:1] - 1, positions])
             query_only = 1
         x = self.embed_tokens(ids)
-        freqs = torch.outer(positions.to(torch.float32), self.inv_freq.to(ids.device))
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.to(ids.device)  # [n, hd/2] or [B, n, hd/2]
         angles = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = angles.cos()[None, None], angles.sin()[None, None]
+        heads = (None, None) if positions.dim() == 1 else (slice(None), None)  # [1, 1, n, hd] or [B, 1, n, hd]
+        cos, sin = angles.cos()[heads], angles.sin()[heads]
         kv = None
         if cache is not None:
             capacity = self.cfg.seq_len + 1  # + 1: the logit-shifted view reads [START] x (models/shifted.py)

@@ -168,6 +168,8 @@ class FinalLayer(nn.Module):
 class KuleshovDiT(nn.Module):
     """Their DiT backbone; parameter names are theirs without the `backbone.` prefix."""
 
+    row_batching = True  # as Transformer's: per-row positions and masks, a RowsKVCache (serve/merge.py)
+
     def __init__(self, cfg: KuleshovDiTConfig):
         super().__init__()
         self.cfg = cfg

@@ -102,3 +102,51 @@ class KVCache:
             out.tokens = self.tokens[index.to(self.tokens.device), : self.length]
             out.positions = self.positions[: self.length]
         return out
+
+
+class RowsKVCache:
+    """The KV caches of several calls run as one forward pass (serve/merge.py merges concurrent requests).
+
+    The pass's batch is the calls' rows stacked in order, each call's new tokens right-padded to the longest.
+    `members` lists, per call, (its own KVCache or None for a call without one, its rows, its new tokens, its
+    commit). Each layer's `extend` hands every call's unpadded new keys/values to that call's own cache, exactly
+    as the call alone would, and returns all rows' [stored, new] keys/values left-aligned and zero-padded to
+    the widest (`width`): the caller masks every key past a row's own past + new. `finish` then advances each
+    call's cache by what it stored (the model's own `length += ...` lands on this object, unused)."""
+
+    def __init__(self, members: list[tuple[KVCache | None, int, int, bool | int]]):
+        self.members = members
+        self.past = [0 if cache is None else cache.length for cache, *_ in members]
+        self.width = max(past + new for past, (_, _, new, _) in zip(self.past, members))
+        self.length = 0
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor, capacity: int,
+               commit: bool | int = True, skip: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        if skip:
+            raise ValueError("a merged pass reads no query-only tokens")
+        b, h, _, hd = k.shape
+        keys, values = k.new_zeros(b, h, self.width, hd), v.new_zeros(b, h, self.width, hd)
+        row = 0
+        for cache, rows, new, own_commit in self.members:
+            ki, vi = k[row : row + rows, :, :new], v[row : row + rows, :, :new]
+            if cache is not None:
+                ki, vi = cache.extend(layer, ki, vi, capacity, own_commit)
+            keys[row : row + rows, :, : ki.shape[2]] = ki
+            values[row : row + rows, :, : vi.shape[2]] = vi
+            row += rows
+        return keys, values
+
+    def record(self, ids: torch.Tensor, positions: torch.Tensor, capacity: int) -> None:
+        """Each call's cache records its own rows' ids and positions ([B, n]) of the tokens it stores."""
+        row = 0
+        for cache, rows, new, own_commit in self.members:
+            stored = new if own_commit is True else int(own_commit)
+            if cache is not None and stored > 0:
+                cache.record(ids[row : row + rows, :stored], positions[row, :stored], capacity)
+            row += rows
+
+    def finish(self) -> None:
+        """After the pass: each call's cache now holds the tokens it committed."""
+        for cache, _, new, own_commit in self.members:
+            if cache is not None:
+                cache.length += new if own_commit is True else int(own_commit)

@@ -80,11 +80,12 @@ class ModelConfig:
 
 def rotary_tables(seq_len: int, head_dim: int, base: float,
                   positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of the rotary angles, [L, hd/2], for positions 0..seq_len-1 or the given ones."""
+    """cos/sin of the rotary angles, [L, hd/2], for positions 0..seq_len-1 or the given ones ([L] or [B, L]:
+    then [B, L, hd/2])."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     if positions is None:
         positions = torch.arange(seq_len)
-    angles = torch.outer(positions.double().cpu(), inv_freq.double())  # [L, hd/2]; float64: far positions
+    angles = positions.double().cpu()[..., None] * inv_freq.double()  # [..., L, hd/2]; float64: far positions
     return angles.cos().float(), angles.sin().float()
 
 
@@ -109,6 +110,8 @@ def rotary_and_mask(model: nn.Module, length: int, cache: KVCache | None, positi
         cos, sin = model.rope_cos[positions], model.rope_sin[positions]
     else:  # beyond the tables: rotary angles depend only on position, so compute them
         cos, sin = (a.to(device) for a in rotary_tables(0, cfg.d_model // cfg.n_heads, cfg.rope_base, positions))
+    if positions is not None and positions.dim() == 2:  # a position per row: [B, 1, L, hd/2] against [B, H, L, hd]
+        cos, sin = cos[:, None], sin[:, None]
     if cache is not None and cfg.causal and attn_mask is None and length > 1:
         query_pos = torch.arange(past, past + length, device=device)
         attn_mask = query_pos[:, None] >= torch.arange(past + length, device=device)[None, :]
@@ -197,6 +200,10 @@ def weight_bytes(cfg: ModelConfig) -> int:
 
 
 class Transformer(nn.Module):
+    # forward takes positions [B, L], a boolean attn_mask [B, 1, L, K] and a RowsKVCache: the server merges
+    # the calls of several requests into one pass (serve/merge.py)
+    row_batching = True
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -254,8 +261,8 @@ class Transformer(nn.Module):
         whole cache and all of `ids` (a block). `commit` stores the new keys/values in the cache (an int:
         only that many leading tokens of `ids`).
         `positions` [L] overrides the rotary positions of `ids` (block diffusion's [x_t; x0] input
-        repeats positions; a sliding window continues past the trained length). `outputs` keeps the
-        logits of those positions only (the head is not run on the others).
+        repeats positions; a sliding window continues past the trained length); [B, L] gives each row its own.
+        `outputs` keeps the logits of those positions only (the head is not run on the others).
         """
         length = ids.shape[1]
         cos, sin, attn_mask = rotary_and_mask(self, length, cache, positions, attn_mask, ids.device)

@@ -2,11 +2,17 @@
 
 Each request's sampler runs in its own thread with its own torch.Generator, exactly as `Pipeline` runs it
 alone. The samplers see `BatchedModel` instead of the model: its forward hands the call to one forward
-thread and waits. That thread gathers the calls that arrive together; calls of the same sequence length
-and the same kind (plain `model(ids, t)`) are concatenated along the batch, run as one forward, and the
-logits are split back. A row's logits do not depend on the other rows of the batch (no cross-row ops in
-the transformer), so a request samples the same text batched or alone, up to float rounding of matmuls
-of other shapes. Calls with a KV cache, an attention mask or explicit positions run alone.
+thread and waits. That thread gathers the calls that arrive together and runs them in as few passes as it may:
+
+* a model that declares `row_batching` (our Transformer and DiT, LlamaLike; bidirectional ones): calls of any
+  length, with or without a mask, explicit positions or a KV cache, share a pass, each right-padded under a
+  key mask with its own positions and its own cache (merge.py says how, and what still runs alone). Calls
+  are grouped longest first so that padding adds at most `max_padding` of a pass's real tokens;
+* any other model: plain calls `model(ids, t)` of one length are concatenated along the batch; other calls
+  run alone.
+
+A row's logits do not depend on the other rows of the batch (no cross-row ops, padded keys masked), so a
+request samples the same text batched or alone, up to float rounding of matmuls of other shapes.
 
 All model work runs in the forward thread, so no two forwards ever run at once.
 """
@@ -22,12 +28,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .merge import RowCall, plan, row_call, run_rows
+
 
 @dataclass
 class _Call:
     ids: torch.Tensor
     t: torch.Tensor | None
     plain: bool  # model(ids) or model(ids, t): may share a pass; else it runs alone
+    row: RowCall | None = None  # set when the model merges calls of any length, mask, positions or cache
     args: tuple = ()  # the call exactly as the sampler made it, replayed when it runs alone
     kwargs: dict = field(default_factory=dict)
     done: threading.Event = field(default_factory=threading.Event)
@@ -46,7 +55,9 @@ class BatchStats:
     forwards: int = 0  # model forward passes run
     calls: int = 0  # sampler calls served (>= forwards when calls share a pass)
     rows: int = 0
-    solo: int = 0  # calls that could not batch (KV cache, masks, positions)
+    solo: int = 0  # calls that could not share a pass with any other kind of call (see merge.py)
+    shared_cached: int = 0  # calls with a KV cache that shared a pass
+    shared_padded: int = 0  # calls that shared a pass with a longer call (right-padded under a key mask)
     max_calls_per_forward: int = 0
     on_forward: Callable[[int, int], None] | None = None  # (calls, rows) of each forward
 
@@ -68,8 +79,9 @@ class ForwardBatcher:
     """
 
     def __init__(self, model: nn.Module, enabled: bool = True, max_wait_s: float = 0.02, max_rows: int = 512,
-                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None):
+                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None, max_padding: float = 0.5):
         self.model, self.enabled, self.max_wait_s, self.max_rows = model, enabled, max_wait_s, max_rows
+        self.max_padding = max_padding  # padded tokens a merged pass may add, as a fraction of its real ones
         self.autocast = autocast or contextlib.nullcontext
         self.stats = BatchStats()
         self._cond = threading.Condition()
@@ -94,7 +106,9 @@ class ForwardBatcher:
 
     def forward(self, ids: torch.Tensor, t: torch.Tensor | None, plain: bool, args: tuple = (),
                 kwargs: dict | None = None) -> torch.Tensor:
-        call = _Call(ids, t, plain, args, kwargs or {})
+        kwargs = kwargs or {}
+        row = row_call(self.model, ids, args, kwargs) if self.enabled else None
+        call = _Call(ids, t, plain, row, args, kwargs)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the server is shutting down")
@@ -135,30 +149,54 @@ class ForwardBatcher:
             calls = self._take()
             if calls is None:
                 return
-            groups: dict[tuple, list[_Call]] = {}
-            for call in calls:
-                if call.plain:
-                    groups.setdefault(call.key(), []).append(call)
-                else:
-                    groups[("solo", id(call))] = [call]
-            for group in groups.values():
-                start = 0
-                while start < len(group):  # cap the rows of one forward (memory)
-                    end, rows = start + 1, group[start].ids.shape[0]
-                    while end < len(group) and rows + group[end].ids.shape[0] <= self.max_rows:
-                        rows += group[end].ids.shape[0]
-                        end += 1
-                    self._run(group[start:end])
-                    start = end
+            try:
+                self._serve(calls)
+            except BaseException as exc:  # noqa: BLE001 - a waiting request must never hang on a dead thread
+                for call in calls:
+                    if not call.done.is_set():
+                        call.error = exc
+                        call.done.set()
 
-    def _run(self, group: list[_Call]) -> None:
+    def _serve(self, calls: list[_Call]) -> None:
+        """Group the calls taken together and run each group in as few passes as it may."""
+        groups: dict[tuple, list[_Call]] = {}
+        for call in calls:
+            if call.row is not None:  # t's dtype too: torch.cat would promote a float32 t to float64
+                t = call.row.t
+                key = ("rows", None if t is None else (t.dtype, t.device), call.ids.device, call.ids.dtype)
+                groups.setdefault(key, []).append(call)
+            elif call.plain:
+                groups.setdefault(call.key(), []).append(call)
+            else:
+                groups[("solo", id(call))] = [call]
+        for key, group in groups.items():
+            if key[0] == "rows":
+                parts = plan([c.row for c in group], self.max_rows, self.max_padding) if len(group) > 1 else [[0]]
+                for part in parts:
+                    self._run([group[i] for i in part], rows=True)
+                continue
+            start = 0
+            while start < len(group):  # cap the rows of one forward (memory)
+                end, rows = start + 1, group[start].ids.shape[0]
+                while end < len(group) and rows + group[end].ids.shape[0] <= self.max_rows:
+                    rows += group[end].ids.shape[0]
+                    end += 1
+                self._run(group[start:end])
+                start = end
+
+    def _run(self, group: list[_Call], rows: bool = False) -> None:
         try:
             with torch.no_grad(), self.autocast():  # not inference_mode: samplers edit logits in place
                 if len(group) == 1:
                     call = group[0]
                     call.result = self.model(call.ids, *call.args, **call.kwargs)
-                    if not call.plain:
+                    if not call.plain and call.row is None:
                         self.stats.solo += 1
+                elif rows:
+                    for call, out in zip(group, run_rows(self.model, [c.row for c in group])):
+                        call.result = out
+                    self.stats.shared_cached += sum(c.row.cache is not None for c in group)
+                    self.stats.shared_padded += sum(c.row.new < group[0].row.new for c in group)
                 else:
                     ids = torch.cat([c.ids for c in group])
                     t = None if group[0].t is None else torch.cat([c.t.reshape(-1).expand(len(c.ids)) for c in group])
@@ -192,7 +230,7 @@ class BatchedModel(nn.Module):
             return getattr(self._modules["inner"], name)  # new_cache() and whatever else a sampler reads
 
     def forward(self, ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """Plain calls, model(ids, t) with t per row, may share a pass; any other call runs alone, as made."""
+        """Calls share passes as the module docstring says; any other call runs alone, as made."""
         t = args[0] if len(args) == 1 else kwargs.get("t")
         extra = {k: v for k, v in kwargs.items() if k != "t" and v is not None and not (k == "commit" and v is True)}
         plain = not extra and len(args) <= 1 and (t is None or isinstance(t, torch.Tensor))
