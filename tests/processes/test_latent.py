@@ -148,7 +148,7 @@ def test_the_autoencoder_learns_to_carry_the_text_in_its_latents(latent_toy):
 
     before = gap()
     gen = torch.Generator().manual_seed(1)
-    for _ in range(150):
+    for _ in range(60):  # the gap is about 1.7 nats per token by then (3.1 after 150)
         noise = process.train_noise(corpus, gen)
         assert process.stage(noise) == "autoencoder"
         out = process.loss(net, corpus, noise)
