@@ -21,8 +21,10 @@ level, ancestral: p(x_{t-1} | x_t) = q(x_{t-1} | x_t, zhat(x_t, t)), then z ~ p(
 and -log p(z) is bounded as gaussian.py bounds its latents: KL(q(x_T | z) || N(0, I)) + sum_t w_t E|z - zhat|^2 +
 E_{q(x_0 | z)} [-log p(z | x_0)], the last in closed form (k d / 2) (log(2 pi (1 - abar_0) / abar_0) + 1), with
 H(q) = (k d / 2) log(2 pi e sigma^2). One forward pass estimates it without bias (t from the same proposal as
-gaussian.py's bound). Self-conditioning, DDIM, guidance and greedy decoding sample other laws, which it does not
-bound; with latent_noise = 0 there is no density q and the process bounds nothing (`score` refuses).
+gaussian.py's bound). The sampler never writes [MASK] (it renormalises without it, which only raises the
+probability of [MASK]-free text, so the bound holds there too) and keeps the mean of p(z | x_0); self-conditioning,
+strided steps, DDIM, guidance and greedy decoding sample other laws, which it does not bound. With latent_noise = 0
+there is no density q and the process bounds nothing (`score` refuses).
 """
 
 from __future__ import annotations
