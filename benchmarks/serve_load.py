@@ -1,16 +1,21 @@
-"""Load test of `textdiffusion serve`: many concurrent streaming clients on loopback, batching on vs off.
+"""Load test of `textdiffusion serve`: 1 / 8 / 32 / 64 concurrent streaming clients, batching on vs off, for the
+ancestral sampler and the cached one (`threshold` with Fast-dLLM's prefix / dual KV caches), plus the cost of one
+forward pass against its batch size (what batching can gain at most on this machine).
 
-    python benchmarks/serve_load.py                       # 64 clients against the shipped model
-    python benchmarks/serve_load.py --clients 16 --steps 16 --markdown /tmp/bench_serve.md
-    python benchmarks/serve_load.py --write               # append the section to BENCHMARKS.md + JSON
+    python benchmarks/serve_load.py                                   # the shipped model, everything
+    python benchmarks/serve_load.py --markdown /tmp/bench_serve.md    # also write the section there
+    python benchmarks/serve_load.py --write                           # append to BENCHMARKS.md + JSON
+    python benchmarks/serve_load.py --quick                           # a tiny untrained model: checks the script
 
-For each setting a real server is started in its own process (`python -m textdiffusion serve`, with
---no-batching for "off"), and the clients, all at once, stream /v1/completions (OpenAI chunks, append
-mode) with their own seed, prompt, step count and sampler; a quarter ask for a shorter text (another
-sequence length, which cannot share a forward pass with the rest). Checked: every stream ends with
-[DONE] and its text equals that request run alone through Pipeline with its seed (nothing dropped or
-mixed between streams). Measured: latency per request (p50 / p99, from sending to [DONE]), time to the
-first chunk, and generated tokens per second over the whole run.
+One server per setting (`python -m textdiffusion serve`, with --no-batching for "off") serves every client count
+and sampler in turn. The clients of a round start at once and stream /v1/completions, each with its own seed,
+prompt, length (a quarter write half as many tokens: another length, which shares passes under a key mask) and
+options; the N clients of a round are the first N of the 64. Checked: every stream ends with [DONE]; its text is
+compared with the same request run alone through Pipeline (`mismatched`: a merged pass computes the same
+logits up to float rounding, so a near-tie may rarely break the other way). Measured: generated tokens per
+second over the round, latency per request (p50 / p99, from sending to [DONE]), and the forward passes the
+round ran (from /metrics). The pass-cost table times `model(ids)` in this process, no server: the full length
+(the ancestral sampler's pass) and one block over a cached context (the cached sampler's step).
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
+import torch
 from common import command_line, machine_line, markdown_table, record, utc_now
 
 from textdiffusion.api.pipeline import Pipeline
@@ -33,19 +41,23 @@ from textdiffusion.pretrained import DEFAULT_MODEL
 PROMPTS = ["ROMEO.\n", "KING.\nWhat say you", "To be, or not to be", "HAMLET.\n", "", "First Citizen.\nWe are",
            "O, ", "JULIET.\nGood night"]
 NAME = "bench"
+SAMPLER_SETS = ("ancestral", "cached")
 
 
-def workload(pipe: Pipeline, clients: int, steps: int) -> list[dict]:
-    """One request per client: a seed, prompt, length, step count and sampler of its own."""
+def workload(pipe: Pipeline, clients: int, sampler_set: str, steps: int, block_length: int) -> list[dict]:
+    """One request per client: its own seed, prompt, length and options."""
     out = []
     for i in range(clients):
         prompt = PROMPTS[i % len(PROMPTS)]
         prompt_len = len(pipe.tokenizer.encode(prompt)) if prompt else 0
-        short = i % 4 == 3
-        out.append({"model": NAME, "prompt": prompt, "seed": 1000 + i, "stream": True,
-                    "max_tokens": 64 - prompt_len if short else pipe.seq_len - prompt_len,
-                    "steps": steps if i % 3 else steps // 2,
-                    "sampler": "confidence" if i % 5 == 4 else "ancestral"})
+        length = pipe.seq_len // 2 if i % 4 == 3 else pipe.seq_len
+        body = {"model": NAME, "prompt": prompt, "seed": 1000 + i, "stream": True, "max_tokens": length - prompt_len}
+        if sampler_set == "ancestral":
+            body.update(sampler="ancestral", steps=steps if i % 3 else max(1, steps // 2))
+        else:
+            body.update(sampler="threshold", options={"cache": "dual" if i % 2 else "prefix",
+                                                      "block_length": block_length})
+        out.append(body)
     return out
 
 
@@ -53,14 +65,15 @@ def alone(pipe: Pipeline, body: dict) -> str:
     """The request run directly through Pipeline, nothing else running: the reference text."""
     prompt = body["prompt"]
     prompt_len = len(pipe.tokenizer.encode(prompt)) if prompt else 0
+    options = {**body.get("options", {}), **({"steps": body["steps"]} if "steps" in body else {})}
     out = pipe.generate(length=prompt_len + body["max_tokens"], prompt=prompt or None, sampler=body["sampler"],
-                        seed=body["seed"], steps=body["steps"], progress=False)
+                        seed=body["seed"], progress=False, **options)
     return pipe.tokenizer.decode(out.ids[0, prompt_len:].tolist(), mask_char=None)
 
 
 async def one_stream(client: httpx.AsyncClient, url: str, body: dict) -> dict:
     start = time.perf_counter()
-    text, first, done, chunks = "", None, False, 0
+    text, first, done = "", None, False
     async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
         if response.status_code != 200:
             return {"error": f"{response.status_code} {(await response.aread())[:200]!r}"}
@@ -74,14 +87,13 @@ async def one_stream(client: httpx.AsyncClient, url: str, body: dict) -> dict:
             if "error" in chunk:
                 return {"error": chunk["error"]["message"]}
             first = first if first is not None else time.perf_counter() - start
-            chunks += 1
             text += "".join(c["text"] for c in chunk["choices"])
-    return {"text": text, "done": done, "latency": time.perf_counter() - start, "first": first, "chunks": chunks}
+    return {"text": text, "done": done, "latency": time.perf_counter() - start, "first": first}
 
 
 async def run_clients(url: str, bodies: list[dict]) -> tuple[list[dict], float]:
     limits = httpx.Limits(max_connections=len(bodies) + 4)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(1800.0), limits=limits) as client:
         start = time.perf_counter()
         results = await asyncio.gather(*(one_stream(client, url, b) for b in bodies))
         return results, time.perf_counter() - start
@@ -117,36 +129,67 @@ def forward_counts(url: str) -> tuple[float, float]:
 
 
 def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
+    ordered = sorted(values) or [float("nan")]
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def measure(args, bodies: list[dict], reference: list[str], batching: bool, port: int) -> dict:
-    server = start_server(args.model, port, batching, args.clients, args.device, args.batch_wait_ms)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        results, wall = asyncio.run(run_clients(url, bodies))
-        passes, calls = forward_counts(url)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+def measure(url: str, bodies: list[dict], reference: list[str]) -> dict:
+    """One round: all `bodies` at once against the running server."""
+    passes0, calls0 = forward_counts(url)
+    results, wall = asyncio.run(run_clients(url, bodies))
+    passes, calls = (after - before for after, before in zip(forward_counts(url), (passes0, calls0)))
     errors = [r["error"] for r in results if "error" in r]
     ok = [r for r in results if "error" not in r]
     latencies = [r["latency"] for r in ok]
     tokens = sum(b["max_tokens"] for b, r in zip(bodies, results) if "error" not in r)
-    return {"batching": batching, "clients": len(bodies), "errors": errors,
-            "unfinished": sum(1 for r in ok if not r["done"]),
+    return {"clients": len(bodies), "errors": errors, "unfinished": sum(1 for r in ok if not r["done"]),
             "mismatched": sum(1 for r, ref in zip(results, reference) if r.get("text") != ref),
             "wall_s": wall, "p50_s": percentile(latencies, 0.5), "p99_s": percentile(latencies, 0.99),
-            "first_chunk_p50_s": percentile([r["first"] for r in ok if r["first"] is not None] or [0.0], 0.5),
+            "first_chunk_p50_s": percentile([r["first"] for r in ok if r["first"] is not None], 0.5),
             "tokens": tokens, "tokens_per_s": tokens / wall, "forward_passes": passes, "forward_calls": calls}
+
+
+def time_pass(fn, repeats: int) -> float:
+    """Median seconds of fn() after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def pass_costs(pipe: Pipeline, batch_sizes: list[int], block_length: int, repeats: int) -> list[dict]:
+    """Seconds of one forward pass against its rows: the full length, and a block over a cached context."""
+    model, length = pipe.model.eval(), pipe.seq_len
+    block = min(block_length, length // 2)  # the block sits after one block of cached context
+    timed = getattr(model.cfg, "time_conditioning", False)
+    out = []
+    with torch.no_grad():
+        for b in batch_sizes:
+            ids = torch.randint(0, pipe.tokenizer.vocab_size, (b, length), device=pipe.device)
+            t = torch.full((b,), 0.5, device=pipe.device) if timed else None
+            full = time_pass(lambda: model(ids, t), repeats)  # noqa: B023 - timed right here
+            cache = model.new_cache()
+            model(ids, t, cache=cache)
+            cache.keep(torch.cat([torch.arange(block), torch.arange(2 * block, length)]))  # a dual cache
+            positions = torch.arange(block, 2 * block, device=pipe.device)
+            step = time_pass(lambda: model(ids[:, :block], t, cache=cache, commit=False,  # noqa: B023
+                                           positions=positions), repeats)  # noqa: B023
+            out.append({"rows": b, "full_s": full, "block_s": step})
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
-    ap.add_argument("--clients", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=32, help="steps of most requests (a third use half)")
+    ap.add_argument("--clients", default="1,8,32,64", help="client counts, comma-separated")
+    ap.add_argument("--samplers", default=",".join(SAMPLER_SETS), help="ancestral, cached or both")
+    ap.add_argument("--steps", type=int, default=32, help="ancestral steps of most requests (a third use half)")
+    ap.add_argument("--block-length", type=int, default=32, help="the cached sampler's block")
+    ap.add_argument("--batch-sizes", default="1,2,4,8,16,32,64", help="rows of the timed single passes")
+    ap.add_argument("--repeats", type=int, default=5, help="timed repeats per pass size (the median is kept)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--port", type=int, default=8791)
     ap.add_argument("--batch-wait-ms", type=float, default=20.0, help="the server's --batch-wait-ms")
@@ -154,51 +197,112 @@ def main() -> None:
                     help="JSON file caching the texts of the requests run alone (computed and written if absent)")
     ap.add_argument("--markdown", default=None, help="also write the section to this file")
     ap.add_argument("--write", action="store_true", help="append the section to BENCHMARKS.md and save JSON")
+    ap.add_argument("--quick", action="store_true",
+                    help="a tiny untrained model, 1 and 4 clients, few steps: checks the script, times nothing real")
     args = ap.parse_args()
+    tmp = None
+    if args.quick:
+        tmp = tempfile.TemporaryDirectory(prefix="serve_load_")
+        args.model = tiny_model(Path(tmp.name))
+        args.clients, args.steps, args.block_length, args.batch_sizes, args.repeats = "1,4", 4, 8, "1,4", 2
+    clients = sorted({int(c) for c in args.clients.split(",")})
+    sets = [s for s in args.samplers.split(",") if s]
+    if any(s not in SAMPLER_SETS for s in sets):
+        ap.error(f"--samplers takes {', '.join(SAMPLER_SETS)}")
 
     pipe = Pipeline.from_pretrained(args.model, device=args.device)
-    bodies = workload(pipe, args.clients, args.steps)
-    start = time.perf_counter()
-    cached = Path(args.reference) if args.reference else None
-    saved = json.loads(cached.read_text()) if cached is not None and cached.is_file() else None
-    if saved is not None and saved["bodies"] == bodies:
-        reference = saved["texts"]
-    else:
-        reference = [alone(pipe, b) for b in bodies]
-        if cached is not None:
-            cached.write_text(json.dumps({"bodies": bodies, "texts": reference}))
-    print(f"reference: {len(bodies)} requests alone through Pipeline ({time.perf_counter() - start:.1f} s)",
-          flush=True)
+    costs = pass_costs(pipe, [int(b) for b in args.batch_sizes.split(",")], args.block_length, args.repeats)
+    bodies = {s: workload(pipe, max(clients), s, args.steps, args.block_length) for s in sets}
+    reference = references(pipe, bodies, args.reference)
     del pipe
     runs = []
     for batching in (True, False):
-        run = measure(args, bodies, reference, batching, args.port + int(not batching))
-        runs.append(run)
-        print(json.dumps(run), flush=True)
-    on, off = runs
-    headers = ["batching", "clients", "completed", "mismatched", "p50 latency (s)", "p99 latency (s)",
-               "first chunk p50 (s)", "tokens/s", "forward passes", "calls per pass"]
-    rows = [["on" if r["batching"] else "off", r["clients"], r["clients"] - len(r["errors"]) - r["unfinished"],
-             r["mismatched"], r["p50_s"], r["p99_s"], r["first_chunk_p50_s"], r["tokens_per_s"],
-             int(r["forward_passes"]), r["forward_calls"] / max(r["forward_passes"], 1)] for r in runs]
-    table = markdown_table(headers, rows)
-    ratio = (f"Batching on / off: tokens/s x{on['tokens_per_s'] / off['tokens_per_s']:.2f}, p50 latency "
-             f"x{on['p50_s'] / off['p50_s']:.2f}, p99 latency x{on['p99_s'] / off['p99_s']:.2f}.")
-    notes = (f"{ratio}\n\nWorkload: {args.clients} streaming clients at once (append mode), each its own seed; "
-             f"steps {args.steps} (a third {args.steps // 2}); server --batch-wait-ms {args.batch_wait_ms:g}; "
-             "a fifth use sampler `confidence`; a quarter write "
-             "64 tokens, the rest fill the model's 128. `mismatched` counts streams whose text differs from the "
-             "same request run alone through Pipeline.")
-    print(table)
-    print(notes)
-    payload = {"runs": runs, "workload": {"clients": args.clients, "steps": args.steps}}
+        port = args.port + int(not batching)
+        server = start_server(args.model, port, batching, max(clients), args.device, args.batch_wait_ms)
+        try:
+            for s in sets:  # warm-up: the first request of a fresh server pays for lazy setup
+                measure(f"http://127.0.0.1:{port}", bodies[s][:1], reference[s][:1])
+            for s in sets:
+                for n in clients:
+                    run = {"batching": batching, "sampler": s,
+                           **measure(f"http://127.0.0.1:{port}", bodies[s][:n], reference[s][:n])}
+                    runs.append(run)
+                    print(json.dumps(run), flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    table, costs_table, notes = tables(runs, costs, args)
+    print(table, costs_table, notes, sep="\n\n")
+    payload = {"runs": runs, "pass_costs": costs,
+               "workload": {"clients": clients, "samplers": sets, "steps": args.steps,
+                            "block_length": args.block_length}}
     if args.markdown:
         section = (f"## Serving load test ({utc_now().isoformat().replace('+00:00', 'Z')})\n\n"
-                   f"Command: `{command_line()}`\n\nMachine: {machine_line(args.device)}\n\n{table}\n\n{notes}\n")
+                   f"Command: `{command_line()}`\n\nMachine: {machine_line(args.device)}\n\n{table}\n\n"
+                   f"{costs_table}\n\n{notes}\n")
         Path(args.markdown).write_text(section)
         Path(args.markdown).with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-    if args.write:
-        record("serve-load", "Serving load test", table, payload, args.device, notes)
+    if args.write and not args.quick:
+        record("serve-load", "Serving load test", f"{table}\n\n{costs_table}", payload, args.device, notes)
+    if tmp is not None:
+        tmp.cleanup()
+
+
+def references(pipe: Pipeline, bodies: dict[str, list[dict]], path: str | None) -> dict[str, list[str]]:
+    """Each request run alone through Pipeline (cached in `path` when given and its workload is the same)."""
+    start = time.perf_counter()
+    cached = Path(path) if path else None
+    saved = json.loads(cached.read_text()) if cached is not None and cached.is_file() else None
+    if saved is not None and saved["bodies"] == bodies:
+        return saved["texts"]
+    texts = {s: [alone(pipe, b) for b in bs] for s, bs in bodies.items()}
+    if cached is not None:
+        cached.write_text(json.dumps({"bodies": bodies, "texts": texts}))
+    print(f"reference: {sum(map(len, bodies.values()))} requests alone through Pipeline "
+          f"({time.perf_counter() - start:.1f} s)", flush=True)
+    return texts
+
+
+def tables(runs: list[dict], costs: list[dict], args) -> tuple[str, str, str]:
+    headers = ["sampler", "clients", "batching", "tokens/s", "x tokens/s", "p50 latency (s)", "p99 latency (s)",
+               "first chunk p50 (s)", "forward passes", "calls per pass", "completed", "mismatched"]
+    off = {(r["sampler"], r["clients"]): r for r in runs if not r["batching"]}
+    rows = []
+    for r in sorted(runs, key=lambda r: (r["sampler"], r["clients"], not r["batching"])):
+        base = off[(r["sampler"], r["clients"])]["tokens_per_s"]
+        rows.append([r["sampler"], r["clients"], "on" if r["batching"] else "off", r["tokens_per_s"],
+                     r["tokens_per_s"] / base, r["p50_s"], r["p99_s"], r["first_chunk_p50_s"],
+                     int(r["forward_passes"]), r["forward_calls"] / max(r["forward_passes"], 1),
+                     r["clients"] - len(r["errors"]) - r["unfinished"], r["mismatched"]])
+    table = markdown_table(headers, rows)
+    one_full, one_block = costs[0]["full_s"] / costs[0]["rows"], costs[0]["block_s"] / costs[0]["rows"]
+    costs_table = markdown_table(
+        ["rows per pass", "full pass (ms)", "ms per row", "rows/s vs 1 row", "cached block pass (ms)",
+         "ms per row (block)", "rows/s vs 1 row (block)"],
+        [[c["rows"], 1e3 * c["full_s"], 1e3 * c["full_s"] / c["rows"], one_full / (c["full_s"] / c["rows"]),
+          1e3 * c["block_s"], 1e3 * c["block_s"] / c["rows"], one_block / (c["block_s"] / c["rows"])]
+         for c in costs])
+    notes = (f"Workload: the first N of {max(r['clients'] for r in runs)} streaming clients at once, each its own "
+             f"seed; `ancestral`: {args.steps} steps (a third {max(1, args.steps // 2)}); `cached`: `threshold` "
+             f"with cache prefix / dual (alternating), block_length {args.block_length}. A quarter write half the "
+             f"model's length. Server --batch-wait-ms {args.batch_wait_ms:g}. `x tokens/s`: against batching off "
+             "at the same clients. `mismatched` counts streams whose text differs from the request run alone. "
+             "The pass-cost table is one forward pass of the model in this process: `rows/s vs 1 row` is the "
+             "most any batching can gain at that batch size on this machine.")
+    return table, costs_table, notes
+
+
+def tiny_model(folder: Path) -> str:
+    """--quick: an untrained byte-level masked model of 48 tokens, saved as a model folder the server loads."""
+    from textdiffusion.data.tokenizers import ByteTokenizer
+    from textdiffusion.models import ModelConfig, Transformer
+    from textdiffusion.processes import MaskedDiffusion
+
+    tok = ByteTokenizer()
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, seq_len=48, d_model=32, n_layers=1, n_heads=2))
+    pipe = Pipeline(model, MaskedDiffusion(vocab_size=tok.vocab_size, mask_id=tok.mask_id), tok, {})
+    return str(pipe.save_pretrained(folder / "tiny"))
 
 
 if __name__ == "__main__":
