@@ -138,3 +138,19 @@ def test_plan_keeps_rows_and_padding_within_bounds():
         assert sum(rows[i].rows for i in p) <= 9 or len(p) == 1
         assert sum(rows[i].rows for i in p) * width <= 1.5 * real
     assert len(passes) < len(rows) / 2  # and it did merge
+
+
+def test_dreams_shifted_logits_merge_across_lengths_and_masks():
+    """Dream reads position p's logits from the output at p - 1: right-padding leaves every real row's own."""
+    model = scrambled(LlamaLike(LlamaLikeConfig(**{**MODELS["llama"]().cfg.to_dict(), "shift_logits": True})))
+    g = torch.Generator().manual_seed(5)
+    mask = torch.rand(6, 6, generator=g) < 0.5
+    mask |= torch.eye(6, dtype=torch.bool)
+    calls = [(torch.randint(0, V, (2, 11), generator=g), {}), (torch.randint(0, V, (1, 6), generator=g),
+                                                               {"attn_mask": mask})]
+    assert row_call(model, calls[0][0], (), {"outputs": slice(1, 3)}) is None  # alone, it shifts the kept ones
+    with torch.no_grad():
+        alone = [model(ids, **kwargs) for ids, kwargs in calls]
+        merged = run_rows(model, [row_call(model, ids, (), kwargs) for ids, kwargs in calls])
+    for a, m in zip(alone, merged):
+        torch.testing.assert_close(m, a, atol=2e-5, rtol=1e-4)

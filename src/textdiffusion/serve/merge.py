@@ -14,7 +14,7 @@ calls whatever its length, mask, positions or KV cache:
 
 Attention over a masked key adds exp(-inf) = 0 and no op mixes rows, so each row's logits are its logits
 alone up to the rounding of matmuls of other shapes. What stays alone: causal models' calls (their implied
-mask depends on the model's own rule), Dream's shifted logits under a cache or with positions, edit models'
+mask depends on the model's own rule), Dream's shifted logits under a cache, with positions or `outputs`, edit models'
 `marks` / `tags`, the logit-shifted view's `query_only`, float (additive) masks, continuous (embedding) inputs,
 and a call whose default positions would run past the model's length (it raises alone, as it should).
 """
@@ -82,8 +82,8 @@ def row_call(model: nn.Module, ids: torch.Tensor, args: tuple, kwargs: dict) -> 
         return None  # alone it raises the model's own error
     if not isinstance(commit, bool) and not (isinstance(commit, int) and 0 <= commit <= n):
         return None
-    if outputs is not None and not isinstance(outputs, slice):
-        return None
+    if outputs is not None and (not isinstance(outputs, slice) or getattr(cfg, "shift_logits", False)):
+        return None  # Dream shifts the kept outputs alone, not the whole row
     if mask is not None:
         if mask.dtype != torch.bool or mask.dim() not in (2, 3, 4):
             return None
