@@ -18,7 +18,7 @@ import torch
 
 from textdiffusion.core.errors import UserError
 from textdiffusion.samplers import FAMILY_SAMPLERS, SAMPLERS, SUMMARIES
-from textdiffusion.samplers.latent import LatentConfig, latent_sample, sample_latents
+from textdiffusion.samplers.latent import LatentConfig, decode, latent_sample, sample_latents
 
 K, D, MASK = 4, 8, 5  # the toy's vocabulary is 6 tokens, [MASK] the last
 
@@ -106,3 +106,27 @@ def test_the_sampler_is_listed_and_belongs_to_the_family(toy_process):
     assert SAMPLERS["latent"] == (LatentConfig, latent_sample)
     assert FAMILY_SAMPLERS["latent"][0] == "latent" == toy_process().default_sampler
     assert "latent" in SUMMARIES["latent"]
+
+
+def test_the_frames_settle_on_the_greedy_text_of_the_clean_estimate(latent_toy, toy_process):
+    """With a point-mass toy (s = 0) every step predicts the same zhat = m, so the frames' parallel greedy steps
+    must reach the sequential greedy text of m within L steps (position i is settled after i + 1 of them)."""
+    torch.manual_seed(0)
+    process = toy_process("x0", big_t=50)
+    m = torch.randn(K, D)
+    model = latent_toy.GaussianToyDenoiser(process, m, m, 0.0).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # a decoder whose text depends on the latents and on its prefix
+    # and one that would write [MASK] everywhere: the frames, like the text, must write the best other token
+    model.head.register_forward_hook(lambda module, args, out: out + 50 * torch.nn.functional.one_hot(
+        torch.tensor(MASK), out.shape[-1]))
+    x = torch.full((2, 8), MASK)
+    x[1, :2] = torch.tensor([3, 1])
+    out = latent_sample(model, process, x, LatentConfig(steps=10), torch.Generator().manual_seed(0),
+                        record_frames=True)
+    lengths = torch.tensor([0, 2])
+    greedy = decode(model, m.expand(2, K, D), x, lengths, MASK)
+    assert torch.equal(out.frames[-1].ids, greedy) and torch.equal(out.frames[-3].ids, greedy)
+    assert not any(bool((frame.ids == MASK).any()) for frame in out.frames)
+    assert not torch.equal(out.frames[0].ids, greedy)  # the first frame is one parallel step from the prompt

@@ -139,6 +139,17 @@ class LatentModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, *, part: str, **kwargs) -> torch.Tensor:
+        """One entry for wrappers that only see forward calls (torch.compile, the server's batcher): part="encode"
+        (x: ids; mask), "decode" (x: ids; latents) or "denoise" (x: x_t; t; cond, has_cond, previous)."""
+        if part == "encode":
+            return self.encode(x, kwargs.get("mask"))
+        if part == "decode":
+            return self.decode_logits(x, kwargs["latents"])
+        if part == "denoise":
+            return self.denoise(x, t, kwargs.get("cond"), kwargs.get("has_cond"), kwargs.get("previous"))
+        raise ValueError(f"unknown part {part!r}: encode, decode or denoise")
+
     # ---- the autoencoder ---------------------------------------------------------------------
     def encode(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids [B, L] (`mask` [B, L] bool: the real tokens, None: all; every row needs one) -> normalised

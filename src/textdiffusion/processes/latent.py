@@ -59,19 +59,40 @@ def _fraction(name: str, value, meaning: str) -> float:
 
 
 def backbone(model: nn.Module) -> LatentModel:
-    """The LatentModel inside a torch.compile wrapper, or a one-line refusal for any other network. The losses call
-    the encoder, decoder and denoiser outside the model's forward, where DDP's gradient reduction and FSDP's
-    gathering of shards never run, so a data-parallel wrapper is refused too."""
+    """The LatentModel inside a wrapper (torch.compile, the server's batcher), for its attributes; a one-line
+    refusal for any other network. The losses make several calls per step (encode, decode, denoise), which DDP's
+    gradient reduction and FSDP's gathering of shards do not follow, so those wrappers are refused too."""
     if isinstance(model, DistributedDataParallel) or hasattr(model, "reshard"):  # DDP, or FSDP2's fully_shard
         raise UserError("latent models train in one process (their losses call the encoder, decoder and denoiser "
-                        "outside the model's forward, which DDP and FSDP do not see): train without torchrun")
+                        "in turn, which DDP and FSDP do not follow): train without torchrun")
     while not isinstance(model, LatentModel):
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
+        inner = next((m for m in (getattr(model, name, None) for name in ("module", "_orig_mod", "inner"))
+                      if isinstance(m, nn.Module)), None)
+        if inner is None:
             raise UserError(f"the latent process needs a latent model (autoencoder and denoiser), got a "
                             f"{type(model).__name__}: load the model with its own process")
         model = inner
     return model
+
+
+def encode(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's latents of `ids` (LatentModel.encode), called through the model's forward: a wrapper that only
+    sees forward calls (torch.compile, the server's batcher) sees this one."""
+    backbone(model)
+    return model(ids, part="encode", mask=mask)
+
+
+def decode_logits(model: nn.Module, ids: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """LatentModel.decode_logits through the model's forward (see `encode`)."""
+    backbone(model)
+    return model(ids, part="decode", latents=latents)
+
+
+def denoise(model: nn.Module, xt: torch.Tensor, time: torch.Tensor, cond: torch.Tensor | None = None,
+            has_cond: torch.Tensor | None = None, previous: torch.Tensor | None = None) -> torch.Tensor:
+    """LatentModel.denoise through the model's forward (see `encode`)."""
+    backbone(model)
+    return model(xt, time, part="denoise", cond=cond, has_cond=has_cond, previous=previous)
 
 
 @register
@@ -163,14 +184,13 @@ class LatentDiffusion(DiffusionProcess):
         """zhat(x_t, t) [B, k, d], float32. With a condition and guidance s != 1, classifier-free guidance:
         out = out_uncond + s (out_cond - out_uncond) on the network's output (linear in it, so the same on zhat);
         s = 0 is the unconditional model, s = 1 the conditional one."""
-        net = backbone(model)
         time = self.model_time(t, xt.shape[0], xt.device)
         if cond is None or guidance == 0:
-            out = net.denoise(xt, time, None, None, previous).float()
+            out = denoise(model, xt, time, previous=previous).float()
         else:
-            out = net.denoise(xt, time, cond, has_cond, previous).float()
+            out = denoise(model, xt, time, cond, has_cond, previous).float()
             if guidance != 1:
-                uncond = net.denoise(xt, time, None, None, previous).float()
+                uncond = denoise(model, xt, time, previous=previous).float()
                 out = uncond + guidance * (out - uncond)
         return self.to_clean(out, xt.float(), t)
 
@@ -183,7 +203,7 @@ class LatentDiffusion(DiffusionProcess):
         has = lengths > 0
         mask = torch.arange(x0.shape[1], device=x0.device)[None] < lengths[:, None]
         mask = mask | ~has[:, None]  # an empty prefix reads the whole row, and its latents are never used
-        return backbone(model).encode(x0, mask), has
+        return encode(model, x0, mask), has
 
     # ---- noise --------------------------------------------------------------------------------
     def _noise(self, x0: torch.Tensor, generator: torch.Generator | None, proposal: torch.Tensor | None) -> dict:
@@ -225,7 +245,7 @@ class LatentDiffusion(DiffusionProcess):
     # ---- losses and the bound ------------------------------------------------------------------
     def reconstruction_nll(self, model: nn.Module, x0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """-log p_dec(w | z) of each row, [B], nats."""
-        logits = backbone(model).decode_logits(x0, z).float()
+        logits = decode_logits(model, x0, z).float()
         return F.cross_entropy(logits.transpose(1, 2), x0, reduction="none").sum(1)
 
     def diffusion_terms(self, zhat_fn, z: torch.Tensor, noise: dict) -> torch.Tensor:
@@ -248,8 +268,7 @@ class LatentDiffusion(DiffusionProcess):
         if loss_mask is not None and not bool(loss_mask.all()):
             raise UserError("a latent model scores whole passages only (its latents encode every token): "
                             "score without a loss mask")
-        net = backbone(model)
-        z = net.encode(x0) + self.latent_noise * noise["enc_eps"].to(x0.device)
+        z = encode(model, x0) + self.latent_noise * noise["enc_eps"].to(x0.device)
         recon = self.reconstruction_nll(model, x0, z)
         if not self.bound:
             return recon
@@ -263,13 +282,12 @@ class LatentDiffusion(DiffusionProcess):
         per latent coordinate (scaled by the row's tokens so that the trainer's per-token mean is that MSE)."""
         if loss_mask is not None:
             raise UserError("latent models train on whole passages: they have no loss mask (SFT) training")
-        net = backbone(model)
         if self.stage(noise) == "autoencoder":
-            z = net.encode(x0) + self.latent_noise * noise["enc_eps"]
+            z = encode(model, x0) + self.latent_noise * noise["enc_eps"]
             z = z * noise["keep"][..., None].to(z.dtype)  # latent dropout: whole vectors
             return LossOutput(total=self.reconstruction_nll(model, x0, z).sum(), n_tokens=x0.numel())
         with torch.no_grad():  # the autoencoder is frozen in this stage
-            z = (net.encode(x0) + self.latent_noise * noise["enc_eps"]).float()
+            z = (encode(model, x0) + self.latent_noise * noise["enc_eps"]).float()
             cond, has = self.prefix_latents(model, x0, noise["prefix"])
         t, eps = noise["t"], noise["eps"].float()
         xt = self.corrupt(z, t, eps)
@@ -277,8 +295,8 @@ class LatentDiffusion(DiffusionProcess):
         previous = None
         if self.self_condition:
             with torch.no_grad():
-                first = self.to_clean(net.denoise(xt, time, cond, has).float(), xt, t)
+                first = self.to_clean(denoise(model, xt, time, cond, has).float(), xt, t)
             previous = torch.where(noise["self_cond"][:, None, None], first, torch.zeros_like(first))
-        out = net.denoise(xt, time, cond, has, previous).float()
+        out = denoise(model, xt, time, cond, has, previous).float()
         mse = (out - self.target(z, eps, t)).pow(2).mean((1, 2))
         return LossOutput(total=(mse * x0.shape[1]).sum(), n_tokens=x0.numel())

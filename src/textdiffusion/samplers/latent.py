@@ -12,8 +12,11 @@ model, 1: the conditional one, above 1: pushed further from the unconditional), 
 write the prompt before continuing. Only a prefix can be given: the latents encode the whole passage, so there is
 no way to hold fixed tokens after a gap, and infilling is refused.
 
-Frames: after each step, the text the decoder writes greedily from that step's prediction zhat of the clean
-latents (the filmstrip of a latent trajectory: every step revises the whole passage).
+Frames: after each step, the text the decoder reads from that step's prediction zhat of the clean latents (the
+filmstrip of a latent trajectory: every step revises the whole passage). To cost one decoder pass a step, not one a
+position, each frame is one parallel (Jacobi) step of greedy decoding: every position takes the decoder's argmax
+given the previous frame's tokens before it, so the frames settle on the greedy text as zhat settles. `nfe` counts
+the denoiser and the final decoder passes, not the frames' passes.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from torch import nn
 
 from ..core.errors import UserError
 from ..processes import gaussian_math
-from ..processes.latent import LatentDiffusion, backbone
+from ..processes.latent import LatentDiffusion, backbone, decode_logits
 from .base import Frame, SampleResult, sample_categorical, select_from_logits
 
 
@@ -55,13 +58,12 @@ def decode(model: nn.Module, latents: torch.Tensor, x: torch.Tensor, lengths: to
            temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """The decoder's text for `latents` [B, k, d]: x's first `lengths` ids of each row kept, the rest written left
     to right ([MASK] never written). One decoder pass per position."""
-    net = backbone(model)
     out = x.clone()
     keep = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]
     for i in range(x.shape[1]):
         if bool(keep[:, i].all()):
             continue
-        logits = net.decode_logits(out[:, : i + 1], latents)[:, i].float()
+        logits = decode_logits(model, out[:, : i + 1], latents)[:, i].float()
         logits[:, mask_id] = float("-inf")
         token = sample_categorical(select_from_logits(logits, temperature, top_p), generator)
         out[:, i] = torch.where(keep[:, i], out[:, i], token)
@@ -111,9 +113,15 @@ def latent_sample(model: nn.Module, process: LatentDiffusion, x: torch.Tensor, c
     lengths = prefix_lengths(x, mask_id)
     cond, has = (None, None) if not bool((lengths > 0).any()) else process.prefix_latents(model, x, lengths)
     frames: list[Frame] = []
+    keep = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]
+    shown = x.clone()  # the last frame's tokens
 
     def emit(step: int, level: int, zhat: torch.Tensor) -> None:
-        frame = Frame(step=step, t=level / process.num_steps, ids=decode(model, zhat, x, lengths, mask_id).cpu())
+        nonlocal shown
+        logits = decode_logits(model, shown, zhat).float()  # one parallel greedy step (module notes)
+        logits[..., mask_id] = float("-inf")
+        shown = torch.where(keep, x, logits.argmax(-1))
+        frame = Frame(step=step, t=level / process.num_steps, ids=shown.cpu())
         if record_frames:
             frames.append(frame)
         if on_step is not None:
