@@ -126,17 +126,22 @@ def _filled(model: torch.nn.Module, n: int):
     return cache
 
 
-def test_plan_keeps_rows_and_padding_within_bounds():
-    model = scrambled(MODELS["transformer"]())
+@pytest.mark.parametrize("token_keys", [0.0, 96.0])
+def test_plan_keeps_rows_and_padding_within_bounds(token_keys):
+    model = Transformer(ModelConfig(vocab_size=V, seq_len=64, d_model=16, n_layers=1, n_heads=2)).eval()
     g = torch.Generator().manual_seed(3)
-    rows = [row_call(model, torch.zeros(int(b), int(n), dtype=torch.long), (), {})
-            for b, n in zip(torch.randint(1, 4, (40,), generator=g), torch.randint(1, L + 1, (40,), generator=g))]
-    passes = plan(rows, max_rows=9, max_padding=0.5)
+    rows = []
+    for _ in range(40):  # pasts from none to 7x the longest call: key padding matters as much as query padding
+        b, n, past = (int(torch.randint(lo, hi, (), generator=g)) for lo, hi in ((1, 4), (1, 9), (0, 57)))
+        cache = _filled(model, past) if past else None
+        rows.append(row_call(model, torch.zeros(b, n, dtype=torch.long), (), {"cache": cache} if cache else {}))
+    passes = plan(rows, max_rows=9, max_padding=0.5, token_keys=token_keys)
     assert sorted(i for p in passes for i in p) == list(range(len(rows)))  # every call once
     for p in passes:
-        width, real = max(rows[i].new for i in p), sum(rows[i].rows * rows[i].new for i in p)
+        width_q, width_k = max(rows[i].new for i in p), max(rows[i].past + rows[i].new for i in p)
+        real = sum(rows[i].rows * rows[i].new * (token_keys + rows[i].past + rows[i].new) for i in p)
         assert sum(rows[i].rows for i in p) <= 9 or len(p) == 1
-        assert sum(rows[i].rows for i in p) * width <= 1.5 * real
+        assert sum(rows[i].rows for i in p) * width_q * (token_keys + width_k) <= 1.5 * real  # padded work
     assert len(passes) < len(rows) / 2  # and it did merge
 
 

@@ -7,7 +7,7 @@ thread and waits. That thread gathers the calls that arrive together and runs th
 * a model that declares `row_batching` (our Transformer and DiT, LlamaLike; bidirectional ones): calls of any
   length, with or without a mask, explicit positions or a KV cache, share a pass, each right-padded under a
   key mask with its own positions and its own cache (merge.py says how, and what still runs alone). Calls
-  are grouped longest first so that padding adds at most `max_padding` of a pass's real tokens;
+  are grouped longest first so that padding adds at most `max_padding` of a pass's real work (merge.plan);
 * any other model: plain calls `model(ids, t)` of one length are concatenated along the batch; other calls
   run alone.
 
@@ -81,7 +81,9 @@ class ForwardBatcher:
     def __init__(self, model: nn.Module, enabled: bool = True, max_wait_s: float = 0.02, max_rows: int = 512,
                  autocast: Callable[[], contextlib.AbstractContextManager] | None = None, max_padding: float = 0.5):
         self.model, self.enabled, self.max_wait_s, self.max_rows = model, enabled, max_wait_s, max_rows
-        self.max_padding = max_padding  # padded tokens a merged pass may add, as a fraction of its real ones
+        self.max_padding = max_padding  # padded work a merged pass may add, as a fraction of its real work
+        cfg = getattr(model, "cfg", None)  # a token's work outside attention, in keys read (merge.plan)
+        self.token_keys = 6.0 * (getattr(cfg, "d_model", None) or getattr(cfg, "hidden_size", None) or 0)
         self.autocast = autocast or contextlib.nullcontext
         self.stats = BatchStats()
         self._cond = threading.Condition()
@@ -171,7 +173,8 @@ class ForwardBatcher:
                 groups[("solo", id(call))] = [call]
         for key, group in groups.items():
             if key[0] == "rows":
-                parts = plan([c.row for c in group], self.max_rows, self.max_padding) if len(group) > 1 else [[0]]
+                parts = ([[0]] if len(group) == 1 else
+                         plan([c.row for c in group], self.max_rows, self.max_padding, self.token_keys))
                 for part in parts:
                     self._run([group[i] for i in part], rows=True)
                 continue

@@ -98,23 +98,26 @@ def row_call(model: nn.Module, ids: torch.Tensor, args: tuple, kwargs: dict) -> 
     return RowCall(ids, t, mask, positions, cache, commit, outputs)
 
 
-def plan(calls: list[RowCall], max_rows: int, max_padding: float) -> list[list[int]]:
+def plan(calls: list[RowCall], max_rows: int, max_padding: float, token_keys: float = 0.0) -> list[list[int]]:
     """Split calls (their indices) into passes: longest first, a pass takes the next call while its rows stay
-    within `max_rows` and its padded tokens within (1 + max_padding) x its real ones (padding costs compute)."""
-    new = [c.new for c in calls]
+    within `max_rows` and its padded cost within (1 + max_padding) x its real cost (padding costs compute).
+
+    A row of n queries over k keys costs n (token_keys + k): attention reads every key (about 4d flops each),
+    the projections and MLP cost a token about 24 d^2 whatever its keys, so `token_keys` ~ 6 d weighs them."""
+    new, keys = [c.new for c in calls], [c.past + c.new for c in calls]
     order = sorted(range(len(calls)), key=lambda i: -new[i])
     passes: list[list[int]] = []
-    rows = real = 0
+    rows = real = width_k = 0
     for i in order:
-        b = calls[i].rows
+        b, cost = calls[i].rows, calls[i].rows * new[i] * (token_keys + keys[i])
         if passes and rows + b <= max_rows:
-            width = new[passes[-1][0]]  # the pass's longest call came first
-            if (rows + b) * width <= (1 + max_padding) * (real + b * new[i]):
+            width_q, wider = new[passes[-1][0]], max(width_k, keys[i])  # the pass's longest call came first
+            if (rows + b) * width_q * (token_keys + wider) <= (1 + max_padding) * (real + cost):
                 passes[-1].append(i)
-                rows, real = rows + b, real + b * new[i]
+                rows, real, width_k = rows + b, real + cost, wider
                 continue
         passes.append([i])
-        rows, real = b, b * new[i]
+        rows, real, width_k = b, cost, keys[i]
     return passes
 
 
