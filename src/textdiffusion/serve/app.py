@@ -179,6 +179,10 @@ def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str
     async def playground() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:  # the page links the SVG; this answers clients that ask by the old name
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/health")
@@ -193,9 +197,12 @@ def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str
         process = pipe.process
         known = OFFERED_SAMPLERS.get(process.name, (process.default_sampler,))
         samplers = [name for name in known if name in SAMPLERS and _runs(pipe, name)]
+        # the most tokens each sampler writes, prompt included: the model's length, or --max-length past it
+        lengths = {name: pipe.max_length(name) or engine.limits.max_length for name in samplers}
         return {"id": model_name, "object": "model", "created": created, "owned_by": "textdiffusion",
                 "seq_len": pipe.seq_len, "process": process.name, "default_sampler": process.default_sampler,
-                "samplers": samplers, "chat_template": chat is not None, "limits": vars(engine.limits)}
+                "samplers": samplers, "max_tokens": lengths, "chat_template": chat is not None,
+                "limits": vars(engine.limits)}
 
     @app.get("/v1/models")
     async def models() -> dict:

@@ -18,6 +18,17 @@ async function loadModel() {
     option.selected = name === model.default_sampler;
     $("sampler").appendChild(option);
   }
+  // the inputs' bounds are the server's own limits (GET /v1/models), never a copy that could drift
+  $("steps").max = model.limits.max_steps;
+  $("steps-limit").textContent = `\u2264 ${model.limits.max_steps}`;
+  showMaxTokens();
+}
+
+function showMaxTokens() {
+  // the most tokens the chosen sampler writes, prompt included (the server says so if the prompt leaves less)
+  const most = model.max_tokens[$("sampler").value];
+  $("max_tokens").max = most;
+  $("max_tokens-limit").textContent = `\u2264 ${most}`;
 }
 
 function insertGap() {
@@ -89,9 +100,12 @@ async function generate() {
   const infill = GAP.test(prompt);
   const delay = numberOf("delay") || 0;
   controller = new AbortController();
+  const signal = controller.signal;
   $("generate").disabled = true;
   $("stop").disabled = false;
   $("final").hidden = true;
+  // nothing of the last run stays on screen to be mistaken for this one's
+  canvas.replaceChildren();
   canvas.dataset.state = "running";
   canvas.dataset.frames = "0";
   $("status").textContent = "waiting for a slot…";
@@ -100,12 +114,14 @@ async function generate() {
   try {
     const response = await fetch(infill ? "/v1/infill" : "/v1/completions", {
       method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(requestBody(prompt, infill)), signal: controller.signal });
+      body: JSON.stringify(requestBody(prompt, infill)), signal });
     if (!response.ok) {
       const body = await response.json();
       throw new Error(body.error ? body.error.message : response.statusText);
     }
     for await (const data of sseEvents(response)) {
+      // one read can hold many frames (drawn `delay` ms apart): a stop ends them here, not at the next read
+      signal.throwIfAborted();
       if (data === "[DONE]") break;
       const chunk = JSON.parse(data);
       if (chunk.error) throw new Error(chunk.error.message);
@@ -128,11 +144,14 @@ async function generate() {
     $("final").textContent = shown;
     canvas.dataset.state = "done";
   } catch (error) {
-    canvas.dataset.state = error.name === "AbortError" ? "stopped" : "error";
+    const stopped = error.name === "AbortError";
+    canvas.dataset.state = stopped ? "stopped" : "error";
     const line = document.createElement("div");
     line.className = "error";
-    line.textContent = error.name === "AbortError" ? "stopped" : `error: ${error.message}`;
-    canvas.appendChild(line);
+    line.textContent = stopped ? "stopped" : `error: ${error.message}`;
+    // stopped: under this run's last frame; an error: instead of a canvas that is no answer to this request
+    if (stopped) canvas.appendChild(line);
+    else canvas.replaceChildren(line);
     $("status").textContent = line.textContent;
   } finally {
     $("generate").disabled = false;
@@ -142,6 +161,7 @@ async function generate() {
 }
 
 $("gap").addEventListener("click", insertGap);
+$("sampler").addEventListener("change", showMaxTokens);
 $("generate").addEventListener("click", generate);
 $("stop").addEventListener("click", () => controller && controller.abort());
 loadModel().catch((error) => { $("model").textContent = `cannot reach the server: ${error.message}`; });
