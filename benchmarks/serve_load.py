@@ -36,6 +36,7 @@ import torch
 from common import command_line, machine_line, markdown_table, record, utc_now
 
 from textdiffusion.api.pipeline import Pipeline
+from textdiffusion.core.precision import inference_context
 from textdiffusion.pretrained import DEFAULT_MODEL
 
 PROMPTS = ["ROMEO.\n", "KING.\nWhat say you", "To be, or not to be", "HAMLET.\n", "", "First Citizen.\nWe are",
@@ -166,7 +167,7 @@ def pass_costs(pipe: Pipeline, batch_sizes: list[int], block_length: int, repeat
     block = min(block_length, length // 2)  # the block sits after one block of cached context
     timed = getattr(model.cfg, "time_conditioning", False)
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), inference_context(pipe.precision, pipe.device):  # as the server runs its passes
         for b in batch_sizes:
             ids = torch.randint(0, pipe.tokenizer.vocab_size, (b, length), device=pipe.device)
             t = torch.full((b,), 0.5, device=pipe.device) if timed else None
