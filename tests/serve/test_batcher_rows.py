@@ -15,6 +15,7 @@ from textdiffusion.data.tokenizers import ByteTokenizer
 from textdiffusion.models import ModelConfig, Transformer
 from textdiffusion.processes import BlockDiffusion, MaskedDiffusion
 from textdiffusion.serve.batcher import BatchedModel, ForwardBatcher
+from textdiffusion.serve.merge import row_call
 
 
 class Echo(torch.nn.Module):
@@ -183,3 +184,39 @@ def test_stats_count_what_shared_a_pass():
             assert (stats.shared_cached, stats.shared_padded) == (1, 2)
         else:
             assert (stats.forwards, stats.shared_cached, stats.shared_padded) == (3, 0, 0)
+
+
+def test_a_call_that_fails_alone_fails_alone_in_a_merged_pass():
+    model = tiny_masked_model()
+    full = model.new_cache()
+    with torch.no_grad():
+        model(torch.zeros(1, 38, dtype=torch.long), cache=full)  # 38 of 40 slots: 4 more cannot be stored
+        good_ids = torch.arange(1, 13).view(2, 6)
+        expected = model(good_ids)
+    bad = {"cache": full, "positions": torch.arange(4)}
+    requests = [((good_ids,), {}), ((torch.ones(1, 4, dtype=torch.long),), bad)]
+    assert all(row_call(model, args[0], (), kwargs) is not None for args, kwargs in requests)  # they would merge
+    batcher = ForwardBatcher(model, enabled=True, max_wait_s=5.0)
+    wrapped = BatchedModel(model, batcher)
+    results: list[object] = [None, None]
+    entered = threading.Barrier(2)
+
+    def worker(i: int) -> None:
+        with batcher.active():
+            entered.wait()
+            try:
+                results[i] = wrapped(*requests[i][0], **requests[i][1])
+            except ValueError as exc:
+                results[i] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        batcher.close()
+    torch.testing.assert_close(results[0], expected)  # its mate's mistake did not fail it
+    assert isinstance(results[1], ValueError) and "cannot store" in str(results[1])
+    assert full.length == 38

@@ -176,7 +176,7 @@ class ForwardBatcher:
                 parts = ([[0]] if len(group) == 1 else
                          plan([c.row for c in group], self.max_rows, self.max_padding, self.token_keys))
                 for part in parts:
-                    self._run([group[i] for i in part], rows=True)
+                    self._run_merged([group[i] for i in part])
                 continue
             start = 0
             while start < len(group):  # cap the rows of one forward (memory)
@@ -187,7 +187,7 @@ class ForwardBatcher:
                 self._run(group[start:end])
                 start = end
 
-    def _run(self, group: list[_Call], rows: bool = False) -> None:
+    def _run(self, group: list[_Call]) -> None:
         try:
             with torch.no_grad(), self.autocast():  # not inference_mode: samplers edit logits in place
                 if len(group) == 1:
@@ -195,11 +195,6 @@ class ForwardBatcher:
                     call.result = self.model(call.ids, *call.args, **call.kwargs)
                     if not call.plain and call.row is None:
                         self.stats.solo += 1
-                elif rows:
-                    for call, out in zip(group, run_rows(self.model, [c.row for c in group])):
-                        call.result = out
-                    self.stats.shared_cached += sum(c.row.cache is not None for c in group)
-                    self.stats.shared_padded += sum(c.row.new < group[0].row.new for c in group)
                 else:
                     ids = torch.cat([c.ids for c in group])
                     t = None if group[0].t is None else torch.cat([c.t.reshape(-1).expand(len(c.ids)) for c in group])
@@ -213,6 +208,27 @@ class ForwardBatcher:
         finally:
             for call in group:
                 call.done.set()
+
+
+    def _run_merged(self, group: list[_Call]) -> None:
+        """One pass for calls of any length, mask, positions or cache (merge.py)."""
+        if len(group) == 1:
+            return self._run(group)
+        try:
+            with torch.no_grad(), self.autocast():
+                outs = run_rows(self.model, [c.row for c in group])
+        except Exception:  # noqa: BLE001 - one call's own error (alone it raises too) must not fail its mates
+            for call in group:  # no cache has moved: each stores only after the whole pass (RowsKVCache.finish)
+                self._run([call])
+            return None
+        for call, out in zip(group, outs):
+            call.result = out
+        self.stats.shared_cached += sum(c.row.cache is not None for c in group)
+        self.stats.shared_padded += sum(c.row.new < group[0].row.new for c in group)
+        self.stats.record(len(group), sum(len(c.ids) for c in group))
+        for call in group:
+            call.done.set()
+        return None
 
 
 class BatchedModel(nn.Module):
