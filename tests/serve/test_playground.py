@@ -144,7 +144,8 @@ def test_an_error_replaces_the_last_runs_canvas(open_page, screens):
     wait_state(page, "error")
     shot(page, screens / "error.png", 1000, 600)
     shown = page.inner_text("#canvas")
-    assert shown == f"error: steps is {LIMITS.max_steps + 1}, more than this server's limit of {LIMITS.max_steps}"
+    assert shown == f"error: steps is {LIMITS.max_steps + 1}, more than this server's limit of {LIMITS.max_steps} " \
+                    "(--max-steps)"
     assert page.inner_text("#status") == shown
     assert page.locator("#canvas .error").count() == 1 and "To be" not in shown  # the old text is gone
 

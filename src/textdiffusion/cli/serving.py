@@ -30,6 +30,10 @@ def add_commands(command: Command) -> None:
                    help="most tokens per sample for samplers that write past the model's length")
     p.add_argument("--max-seconds", type=float, default=120.0, help="wall-time limit of one request")
     p.add_argument("--max-score-chars", type=int, default=200_000, help="most characters of text per /v1/score request")
+    p.add_argument("--max-score-work", type=int, default=2_000_000,
+                   help="most tokens x t_samples of one /v1/score request (each draw is a forward pass)")
+    p.add_argument("--max-input-chars", type=int, default=100_000,
+                   help="most characters of text a completion, chat or infill request brings (messages together)")
     p.add_argument("--no-batching", action="store_true", help="run every forward pass alone (for comparisons)")
     p.add_argument("--batch-wait-ms", type=float, default=20.0,
                    help="how long a shared forward pass waits for requests still busy between two steps")
@@ -77,7 +81,8 @@ def cmd_serve(args) -> None:
         raise UserError(f"serving needs the serve extra ({exc.name} is missing): pip install -e \".[serve]\"") from exc
     limits = Limits(max_length=args.max_length, max_steps=args.max_steps, max_n=args.max_n,
                     max_seconds=args.max_seconds, max_running=args.max_running, max_queue=args.max_queue,
-                    max_score_chars=args.max_score_chars)
+                    max_score_chars=args.max_score_chars, max_score_work=args.max_score_work,
+                    max_input_chars=args.max_input_chars)
     for name, value in vars(limits).items():
         if not value > 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")

@@ -333,8 +333,8 @@ def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str
         texts = [body.input] if isinstance(body.input, str) else body.input
         if sum(map(len, texts)) > engine.limits.max_score_chars:
             raise APIError(400, f"the input holds {sum(map(len, texts)):,} characters, more than this server's "
-                                f"limit of {engine.limits.max_score_chars:,} per request: split it", param="input",
-                           code="invalid_value")
+                                f"limit of {engine.limits.max_score_chars:,} per request (--max-score-chars): split "
+                                "it", param="input", code="invalid_value")
 
         job = await start(score_work(engine.pipe, texts, body.t_samples, body.seed, engine.limits), request)
         results = await finish_plain(request, job)

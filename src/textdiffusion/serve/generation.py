@@ -97,9 +97,9 @@ def _common(pipe: Pipeline, req: SamplingFields, limits: Limits) -> tuple[str, d
     sampler = req.sampler or pipe.process.default_sampler
     pipe.max_length(sampler)  # an unknown sampler, or one that cannot run this model: UserError
     if req.n > limits.max_n:
-        raise UserError(f"n is {req.n}, more than this server's limit of {limits.max_n} samples per request")
+        raise UserError(f"n is {req.n}, more than this server's limit of {limits.max_n} samples per request (--max-n)")
     if req.steps is not None and req.steps > limits.max_steps:
-        raise UserError(f"steps is {req.steps}, more than this server's limit of {limits.max_steps}")
+        raise UserError(f"steps is {req.steps}, more than this server's limit of {limits.max_steps} (--max-steps)")
     options = dict(req.options or {})
     clash = {"steps", "temperature", "top_p"} & set(options)
     if clash:
@@ -141,7 +141,8 @@ def prepare_completion(pipe: Pipeline, req: CompletionRequest | ChatRequest, lim
     if max_tokens > room:
         raise UserError(f"max_tokens is {max_tokens} but at most {room} fit after the {len(prompt_ids)}-token prompt "
                         f"(sampler {sampler!r} writes at most {limit} tokens"
-                        + (" on this server)" if bound is None else "; samplers 'block' and 'semi_ar' write more)"))
+                        + (" on this server: --max-length)" if bound is None
+                           else "; samplers 'block' and 'semi_ar' write more)"))
     length = len(prompt_ids) + max_tokens
     tracker = TextTracker(pipe.tokenizer, len(prompt_ids), req.n, sampler, _stops(stop), req.stream_mode,
                           stop_at_eos=not req.ignore_eos, stop_ids=stop_ids,
@@ -154,7 +155,7 @@ def check_chars(chars: int, limits: Limits, param: str) -> None:
     """Refuse, before any work, a text larger than the server takes (checked in the event loop: only a sum)."""
     if chars > limits.max_input_chars:
         raise UserError(f"{param} holds {chars:,} characters, more than this server's limit of "
-                        f"{limits.max_input_chars:,} per request: shorten it")
+                        f"{limits.max_input_chars:,} per request (--max-input-chars): shorten it")
 
 
 def prepare_chat(pipe: Pipeline, req, limits: Limits, messages: list[dict], template: str) -> Prepared:
@@ -163,7 +164,8 @@ def prepare_chat(pipe: Pipeline, req, limits: Limits, messages: list[dict], temp
     prompt = apply_chat_template(pipe.tokenizer, messages, template=template)
     if len(prompt) > limits.max_input_chars:
         raise UserError(f"the chat template made a prompt of {len(prompt):,} characters from these messages, more "
-                        f"than this server's limit of {limits.max_input_chars:,}: send fewer or shorter messages")
+                        f"than this server's limit of {limits.max_input_chars:,} (--max-input-chars): send fewer or "
+                        "shorter messages")
     max_tokens = req.max_completion_tokens or req.max_tokens
     return prepare_completion(pipe, req, limits, prompt, max_tokens, req.stop)
 
@@ -177,8 +179,8 @@ def score_work(pipe: Pipeline, texts: list[str], t_samples: int, seed: int, limi
         tokens = sum(len(pipe.tokenizer.encode(text)) for text in texts)
         if tokens * draws > limits.max_score_work:
             raise UserError(f"scoring {tokens:,} tokens with t_samples={draws} is {tokens * draws:,} token-draws, more "
-                            f"than this server's limit of {limits.max_score_work:,} per request: send less text or "
-                            "fewer t_samples")
+                            f"than this server's limit of {limits.max_score_work:,} per request (--max-score-work): "
+                            "send less text or fewer t_samples")
         job.push(STARTED)
         checked = Pipeline(CheckedModel(pipe.model, job), pipe.process, pipe.tokenizer, pipe.config, pipe.precision)
         return checked.score(texts, t_samples=t_samples, seed=seed, progress=False)
