@@ -13,10 +13,12 @@ calls whatever its length, mask, positions or KV cache:
   (no empty softmax) and its output is dropped.
 
 Attention over a masked key adds exp(-inf) = 0 and no op mixes rows, so each row's logits are its logits
-alone up to the rounding of matmuls of other shapes. What stays alone: causal models' calls (their implied
-mask depends on the model's own rule), Dream's shifted logits under a cache, with positions or `outputs`, edit models'
-`marks` / `tags`, the logit-shifted view's `query_only`, float (additive) masks, continuous (embedding) inputs,
-and a call whose default positions would run past the model's length (it raises alone, as it should).
+alone up to the rounding of matmuls of other shapes. Not merged here: causal models' calls (their implied mask
+is the model's own rule; plain ones of one length still share a pass, batcher.py), Dream's shifted logits under
+a cache, with positions or `outputs`, edit models' `marks` / `tags`, the logit-shifted view's `query_only`,
+float (additive) masks, continuous (embedding) inputs, and a call whose default positions would run past the
+model's length (it raises alone, as it should). `plan` decides which mergeable calls share a pass: padding
+costs compute.
 """
 
 from __future__ import annotations
