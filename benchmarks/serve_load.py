@@ -122,11 +122,18 @@ def start_server(model: str, port: int, batching: bool, clients: int, device: st
     raise RuntimeError("the server did not start in 120 s")
 
 
-def forward_counts(url: str) -> tuple[float, float]:
+COUNTS = {"forward_passes": "textdiffusion_forward_passes_total",
+          "forward_calls": "textdiffusion_forward_calls_total",
+          "calls_solo": "textdiffusion_forward_calls_solo",
+          "calls_shared_cached": "textdiffusion_forward_calls_shared_cached",
+          "calls_shared_padded": "textdiffusion_forward_calls_shared_padded"}
+
+
+def forward_counts(url: str) -> dict[str, float]:
+    """The server's forward counters (passes, calls; calls that ran alone, shared with a cache, padded)."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-              if line.startswith(("textdiffusion_forward_passes_total", "textdiffusion_forward_calls_total"))}
-    return values.get("textdiffusion_forward_passes_total", 0.0), values.get("textdiffusion_forward_calls_total", 0.0)
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("textdiff")}
+    return {key: values.get(name, 0.0) for key, name in COUNTS.items()}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -136,9 +143,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def measure(url: str, bodies: list[dict], reference: list[str]) -> dict:
     """One round: all `bodies` at once against the running server."""
-    passes0, calls0 = forward_counts(url)
+    before = forward_counts(url)
     results, wall = asyncio.run(run_clients(url, bodies))
-    passes, calls = (after - before for after, before in zip(forward_counts(url), (passes0, calls0)))
+    counts = {key: value - before[key] for key, value in forward_counts(url).items()}
     errors = [r["error"] for r in results if "error" in r]
     ok = [r for r in results if "error" not in r]
     latencies = [r["latency"] for r in ok]
@@ -147,7 +154,7 @@ def measure(url: str, bodies: list[dict], reference: list[str]) -> dict:
             "mismatched": sum(1 for r, ref in zip(results, reference) if r.get("text") != ref),
             "wall_s": wall, "p50_s": percentile(latencies, 0.5), "p99_s": percentile(latencies, 0.99),
             "first_chunk_p50_s": percentile([r["first"] for r in ok if r["first"] is not None], 0.5),
-            "tokens": tokens, "tokens_per_s": tokens / wall, "forward_passes": passes, "forward_calls": calls}
+            "tokens": tokens, "tokens_per_s": tokens / wall, **counts}
 
 
 def time_pass(fn, repeats: int) -> float:
@@ -266,7 +273,8 @@ def references(pipe: Pipeline, bodies: dict[str, list[dict]], path: str | None) 
 
 def tables(runs: list[dict], costs: list[dict], args) -> tuple[str, str, str]:
     headers = ["sampler", "clients", "batching", "tokens/s", "x tokens/s", "p50 latency (s)", "p99 latency (s)",
-               "first chunk p50 (s)", "forward passes", "calls per pass", "completed", "mismatched"]
+               "first chunk p50 (s)", "forward passes", "calls per pass", "cached calls shared", "calls alone",
+               "completed", "mismatched"]
     off = {(r["sampler"], r["clients"]): r for r in runs if not r["batching"]}
     rows = []
     for r in sorted(runs, key=lambda r: (r["sampler"], r["clients"], not r["batching"])):
@@ -274,6 +282,7 @@ def tables(runs: list[dict], costs: list[dict], args) -> tuple[str, str, str]:
         rows.append([r["sampler"], r["clients"], "on" if r["batching"] else "off", r["tokens_per_s"],
                      r["tokens_per_s"] / base, r["p50_s"], r["p99_s"], r["first_chunk_p50_s"],
                      int(r["forward_passes"]), r["forward_calls"] / max(r["forward_passes"], 1),
+                     int(r["calls_shared_cached"]), int(r["calls_solo"]),
                      r["clients"] - len(r["errors"]) - r["unfinished"], r["mismatched"]])
     table = markdown_table(headers, rows)
     one_full, one_block = costs[0]["full_s"] / costs[0]["rows"], costs[0]["block_s"] / costs[0]["rows"]

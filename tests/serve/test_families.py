@@ -54,8 +54,12 @@ def test_cached_families_stream_and_match_their_runs_alone(family, model_name, t
     with tiny_server(family_pipe(family)) as (url, app):
         got = asyncio.run(stream_texts(url, bodies))
         stats = app.state.engine.batcher.stats
+        metrics = {line.split()[0]: float(line.split()[1]) for line in httpx.get(f"{url}/metrics").text.splitlines()
+                   if line.startswith("textdiffusion_forward_calls_s")}
     assert [text for text, _ in got] == expected
     assert all(early >= 2 for _, early in got)  # finished blocks / tokens arrived while the rest was written
+    assert metrics["textdiffusion_forward_calls_solo"] == stats.solo  # /metrics shows the batcher's counts
+    assert metrics["textdiffusion_forward_calls_shared_cached"] == stats.shared_cached
     if family == "block":  # a bidirectional model's KV-cached calls share passes (serve/merge.py)
         assert stats.shared_cached > 0 and stats.solo == 0
     else:  # a causal model's run alone, exactly as the sampler made them

@@ -28,6 +28,12 @@ class Metrics:
             lambda: engine.running)
         Gauge("textdiffusion_queued", "requests waiting for a slot", registry=registry).set_function(
             lambda: engine.queued)
+        stats = engine.batcher.stats
+        for name, doc in (("solo", "sampler calls that ran alone (a kind no other call may share a pass with)"),
+                          ("shared_cached", "sampler calls with a KV cache that shared a pass"),
+                          ("shared_padded", "sampler calls that shared a pass with a longer call, padded")):
+            Gauge(f"textdiffusion_forward_calls_{name}", doc, registry=registry).set_function(
+                lambda name=name: getattr(stats, name))
         engine.on_finish = self.job_finished
         engine.batcher.stats.on_forward = self.forward
 
