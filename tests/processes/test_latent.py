@@ -242,3 +242,18 @@ def test_data_parallel_training_is_refused_in_one_line(latent_toy, free_port):
             process.loss(wrapped, x0, process.train_noise(x0))
     finally:
         dist.destroy_process_group()
+
+
+def test_word_dropout_hides_the_tokens_the_decoder_reads_not_the_ones_it_predicts(latent_toy):
+    torch.manual_seed(0)
+    process = latent_toy.toy_process(2, 4, ae_steps=5, word_dropout=0.5, latent_noise=0.0, latent_dropout=0.0)
+    net = process.build_network(latent_toy.tiny_cfg())
+    x0 = torch.randint(0, 5, (3, 8))
+    noise = process.train_noise(x0, torch.Generator().manual_seed(0))
+    read = noise["read"]
+    assert 0 < int((~read).sum()) < read.numel()
+    inputs = torch.where(read, x0, 5)  # [MASK] = 5
+    logits = net.decode_logits(inputs, net.encode(x0)).float()
+    expected = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x0, reduction="sum")
+    torch.testing.assert_close(process.loss(net, x0, noise).total, expected)
+    assert process.config()["word_dropout"] == 0.5

@@ -4,7 +4,10 @@ the k x d latents of an autoencoder (models/latent_autoencoder.py), decoded to t
 Two training stages in one run, switched by the process's own count of training batches (`ae_steps`):
 1. autoencoder: the encoder's normalised latents mu(w), perturbed as LD4LG / PLANNER do for a decoder robust to
    imperfect generated latents (z = mu + `latent_noise` * eps, then each latent vector zeroed with probability
-   `latent_dropout`), decoded by teacher forcing; the loss is the decoder's cross-entropy per token.
+   `latent_dropout`), decoded by teacher forcing; the loss is the decoder's cross-entropy per token. With
+   `word_dropout` each token the decoder reads (not the one it predicts) is replaced by [MASK] with that
+   probability (Bowman et al. 2016): an AR decoder that can guess the next token from the ones before it otherwise
+   learns slowly to read the latents.
 2. diffusion: the autoencoder frozen, latents z ~ q(z | w) = N(mu(w), sigma^2 I) (sigma = `latent_noise`) are
    noised to x_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps, t ~ U{1..T}, and the denoiser predicts z ("x0"), eps
    ("eps") or v = sqrt(abar_t) eps - sqrt(1 - abar_t) z ("v", Salimans & Ho 2022), trained by the mean squared
@@ -104,7 +107,7 @@ class LatentDiffusion(DiffusionProcess):
                  encoder_layers: int = 2, decoder_layers: int = 2, resampler_layers: int = 2, ae_steps: int = 1000,
                  latent_noise: float = 0.1, latent_dropout: float = 0.1, noise_schedule: str = "cosine",
                  num_steps: int = 1000, prediction: str = "v", self_condition: bool = False,
-                 cond_drop: float = 0.1, antithetic: bool = True):
+                 cond_drop: float = 0.1, antithetic: bool = True, word_dropout: float = 0.0):
         self.num_latents = _positive_int("num_latents", num_latents, "k, the latent vectors per passage")
         self.latent_dim = _positive_int("latent_dim", latent_dim, "d, the width of each latent vector")
         self.encoder_layers = _positive_int("encoder_layers", encoder_layers, "the encoder's transformer blocks")
@@ -122,6 +125,7 @@ class LatentDiffusion(DiffusionProcess):
         self.latent_noise = nonnegative_weight("latent_noise", latent_noise, "the std of the latents' noise")
         self.latent_dropout = _fraction("latent_dropout", latent_dropout, "the chance a latent vector is zeroed")
         self.cond_drop = _fraction("cond_drop", cond_drop, "the chance a row trains the unconditional model")
+        self.word_dropout = _fraction("word_dropout", word_dropout, "the chance the decoder reads [MASK] for a token")
         self.vocab_size, self.mask_id, self.ae_steps = vocab_size, mask_id, ae_steps
         self.noise_schedule, self.prediction = noise_schedule, prediction
         self.self_condition, self.antithetic = self_condition, antithetic
@@ -140,7 +144,8 @@ class LatentDiffusion(DiffusionProcess):
                 "resampler_layers": self.resampler_layers, "ae_steps": self.ae_steps,
                 "latent_noise": self.latent_noise, "latent_dropout": self.latent_dropout,
                 "noise_schedule": self.noise_schedule, "num_steps": self.num_steps, "prediction": self.prediction,
-                "self_condition": self.self_condition, "cond_drop": self.cond_drop, "antithetic": self.antithetic}
+                "self_condition": self.self_condition, "cond_drop": self.cond_drop, "antithetic": self.antithetic,
+                "word_dropout": self.word_dropout}
 
     def build_network(self, cfg: ModelConfig) -> LatentModel:
         """The network this process trains and samples: autoencoder and denoiser (models/latent_autoencoder.py)."""
@@ -224,6 +229,7 @@ class LatentDiffusion(DiffusionProcess):
         return {"t": t, "t_weight": weight, "eps": torch.randn(shape, device=dev, generator=generator),
                 "enc_eps": torch.randn(shape, device=dev, generator=generator),
                 "keep": torch.rand(shape[:2], device=dev, generator=generator) >= self.latent_dropout,
+                "read": torch.rand(x0.shape, device=dev, generator=generator) >= self.word_dropout,
                 "prefix": torch.where(uncond, 0, split),
                 "self_cond": torch.rand(b, device=dev, generator=generator) < 0.5,
                 "stage": torch.zeros(b, dtype=torch.long, device=dev)}
@@ -243,9 +249,10 @@ class LatentDiffusion(DiffusionProcess):
         return "autoencoder" if int(noise["stage"][0]) == 0 else "diffusion"
 
     # ---- losses and the bound ------------------------------------------------------------------
-    def reconstruction_nll(self, model: nn.Module, x0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """-log p_dec(w | z) of each row, [B], nats."""
-        logits = decode_logits(model, x0, z).float()
+    def reconstruction_nll(self, model: nn.Module, x0: torch.Tensor, z: torch.Tensor,
+                           inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """-log p_dec(w | z) of each row, [B], nats; `inputs`: what the decoder reads instead of x0 (word dropout)."""
+        logits = decode_logits(model, x0 if inputs is None else inputs, z).float()
         return F.cross_entropy(logits.transpose(1, 2), x0, reduction="none").sum(1)
 
     def diffusion_terms(self, zhat_fn, z: torch.Tensor, noise: dict) -> torch.Tensor:
@@ -285,7 +292,8 @@ class LatentDiffusion(DiffusionProcess):
         if self.stage(noise) == "autoencoder":
             z = encode(model, x0) + self.latent_noise * noise["enc_eps"]
             z = z * noise["keep"][..., None].to(z.dtype)  # latent dropout: whole vectors
-            return LossOutput(total=self.reconstruction_nll(model, x0, z).sum(), n_tokens=x0.numel())
+            inputs = torch.where(noise["read"], x0, self.mask_id)  # word dropout (module notes)
+            return LossOutput(total=self.reconstruction_nll(model, x0, z, inputs).sum(), n_tokens=x0.numel())
         with torch.no_grad():  # the autoencoder is frozen in this stage
             z = (encode(model, x0) + self.latent_noise * noise["enc_eps"]).float()
             cond, has = self.prefix_latents(model, x0, noise["prefix"])
