@@ -101,10 +101,10 @@ async def run_clients(url: str, bodies: list[dict]) -> tuple[list[dict], float]:
 
 
 def start_server(model: str, port: int, batching: bool, clients: int, device: str,
-                 wait_ms: float) -> subprocess.Popen:
+                 wait_ms: float, max_seconds: float) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "textdiffusion", "serve", model, "--port", str(port), "--name", NAME,
            "--device", device, "--max-running", str(clients), "--max-queue", str(clients),
-           "--batch-wait-ms", str(wait_ms)]
+           "--batch-wait-ms", str(wait_ms), "--max-seconds", str(max_seconds)]
     if not batching:
         cmd.append("--no-batching")
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -201,6 +201,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--port", type=int, default=8791)
     ap.add_argument("--batch-wait-ms", type=float, default=20.0, help="the server's --batch-wait-ms")
+    ap.add_argument("--max-seconds", type=float, default=1800.0,
+                    help="the server's --max-seconds: high, so that the slowest round still completes and is "
+                         "measured (a request past it counts as not completed)")
     ap.add_argument("--reference", default=None,
                     help="JSON file caching the texts of the requests run alone (computed and written if absent)")
     ap.add_argument("--markdown", default=None, help="also write the section to this file")
@@ -226,7 +229,8 @@ def main() -> None:
     runs = []
     for batching in (True, False):
         port = args.port + int(not batching)
-        server = start_server(args.model, port, batching, max(clients), args.device, args.batch_wait_ms)
+        server = start_server(args.model, port, batching, max(clients), args.device, args.batch_wait_ms,
+                              args.max_seconds)
         try:
             for s in sets:  # warm-up: the first request of a fresh server pays for lazy setup
                 measure(f"http://127.0.0.1:{port}", bodies[s][:1], reference[s][:1])
@@ -280,7 +284,7 @@ def tables(runs: list[dict], costs: list[dict], args) -> tuple[str, str, str]:
     for r in sorted(runs, key=lambda r: (r["sampler"], r["clients"], not r["batching"])):
         base = off[(r["sampler"], r["clients"])]["tokens_per_s"]
         rows.append([r["sampler"], r["clients"], "on" if r["batching"] else "off", r["tokens_per_s"],
-                     r["tokens_per_s"] / base, r["p50_s"], r["p99_s"], r["first_chunk_p50_s"],
+                     r["tokens_per_s"] / base if base > 0 else "n/a", r["p50_s"], r["p99_s"], r["first_chunk_p50_s"],
                      int(r["forward_passes"]), r["forward_calls"] / max(r["forward_passes"], 1),
                      int(r["calls_shared_cached"]), int(r["calls_solo"]),
                      r["clients"] - len(r["errors"]) - r["unfinished"], r["mismatched"]])
