@@ -211,6 +211,11 @@ def test_a_trained_run_round_trips_through_its_folder(tmp_path, tiny_config, wri
     assert all(text.startswith("To be") for text in out.texts)
     assert math.isfinite(pipe.score("To be, or not to be")[0].nats_per_token)
     assert Trainer(cfg, resume=True).process.batches_drawn == 2  # the stage counter resumes with the run
+    copy_dir = pipe.save_pretrained(tmp_path / "copy")  # a model its family builds saves like the Transformer
+    again = Pipeline.from_pretrained(copy_dir, device="cpu").model.state_dict()
+    assert again.keys() == loaded.keys() and all(torch.equal(again[key], loaded[key]) for key in loaded)
+    with pytest.raises(UserError, match="format='hf'.*save it with the default format"):
+        pipe.save_pretrained(tmp_path / "hf", format="hf")
 
 
 @pytest.mark.parametrize("ae_steps", [1, 0], ids=["autoencoder", "diffusion"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -75,10 +76,13 @@ class Pipeline:
         `import textdiffusion.interop.hf_model`, which registers the model type); Pipeline reads both."""
         if format not in ("textdiffusion", "hf"):
             raise UserError(f"format must be 'textdiffusion' or 'hf', got {format!r}")
-        if type(self.model) is not Transformer:
+        if not self._own_network():
             raise UserError(f"save_pretrained writes textdiffusion's own models; this pipeline holds a "
                             f"{type(self.model).__name__} read from a {self.config.get('format')!r} folder: "
                             "keep that original folder, which Pipeline.from_pretrained reads")
+        if format == "hf" and type(self.model) is not Transformer:
+            raise UserError(f"format='hf' writes a masked LM that transformers loads; a {self.process.name} model's "
+                            f"{type(self.model).__name__} has no such form: save it with the default format")
         if format == "hf":
             from ..interop.hf_export import export_hf
 
@@ -99,6 +103,16 @@ class Pipeline:
 
         ckpt.atomic_folder(Path(path), write)
         return Path(path)
+
+    def _own_network(self) -> bool:
+        """A network our folder format rebuilds: the Transformer, or the one its family builds (build_network)."""
+        if type(self.model) is Transformer:
+            return True
+        build = getattr(self.process, "build_network", None)
+        if build is None:
+            return False
+        built = typing.get_type_hints(build).get("return")  # the class it builds, read from its signature
+        return built is not None and type(self.model) is built
 
     @property
     def seq_len(self) -> int:
