@@ -12,7 +12,8 @@ import os
 import platform
 import shlex
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,17 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     lines += ["| " + " | ".join(c.rjust(w) for c, w in zip(row, widths)) + " |" for row in cells]
     return "\n".join(lines)
+
+
+def timed(fn: Callable[[], Any], repeats: int, keep: Callable[[list[float]], float] = min) -> float:
+    """Seconds of fn() over `repeats` calls after one warm-up: the fastest (default) or e.g. statistics.median."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return keep(times)
 
 
 def utc_now() -> dt.datetime:

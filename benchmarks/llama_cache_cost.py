@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, markdown_table, record  # noqa: E402
+from common import machine_line, markdown_table, record, timed  # noqa: E402
 
 from textdiffusion.interop.llama_like import LlamaLike, LlamaLikeConfig  # noqa: E402
 
@@ -53,17 +52,6 @@ def network(shape: dict, layers: int, length: int) -> LlamaLike:
             p.normal_(0.0, 0.02)
     model.inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
     return model.eval()
-
-
-def timed(fn, repeats: int) -> float:
-    """The fastest of `repeats` calls after one warm-up (seconds)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def pass_times(model: LlamaLike, prompt: int, gen: int, block: int, repeats: int) -> dict[str, float]:

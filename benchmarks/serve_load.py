@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 import torch
-from common import command_line, machine_line, markdown_table, record, utc_now
+from common import command_line, machine_line, markdown_table, record, timed, utc_now
 
 from textdiffusion.api.pipeline import Pipeline
 from textdiffusion.core.precision import inference_context
@@ -159,13 +159,7 @@ def measure(url: str, bodies: list[dict], reference: list[str]) -> dict:
 
 def time_pass(fn, repeats: int) -> float:
     """Median seconds of fn() after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return timed(fn, repeats, keep=statistics.median)
 
 
 def pass_costs(pipe: Pipeline, batch_sizes: list[int], block_length: int, repeats: int) -> list[dict]:
