@@ -108,11 +108,8 @@ class Pipeline:
         """A network our folder format rebuilds: the Transformer, or the one its family builds (build_network)."""
         if type(self.model) is Transformer:
             return True
-        build = getattr(self.process, "build_network", None)
-        if build is None:
-            return False
-        built = typing.get_type_hints(build).get("return")  # the class it builds, read from its signature
-        return built is not None and type(self.model) is built
+        build = getattr(self.process, "build_network", None)  # the class it builds, read from its signature
+        return build is not None and type(self.model) is typing.get_type_hints(build).get("return")
 
     @property
     def seq_len(self) -> int:
