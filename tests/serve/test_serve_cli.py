@@ -74,6 +74,7 @@ def test_bad_serve_options_are_one_line_and_status_2(tmp_path, capsys):
                         [["--max-input-chars", "0"], "--max-input-chars must be positive"],
                         [["--max-score-work", "-5"], "--max-score-work must be positive"],
                         [["--batch-wait-ms", "-1"], "--batch-wait-ms must be 0 or more"],
+                        [["--batch-max-padding", "-0.5"], "--batch-max-padding must be 0 or more"],
                         [[str(tmp_path / "missing")], "missing"],
                         [["--allowed-hosts", "a.org,,b.org"], "--allowed-hosts must be a comma-separated list"]):
         assert main(["serve", *args]) == 2
@@ -86,3 +87,14 @@ def test_every_engine_limit_is_a_serve_option_with_the_engines_default():
     for name, default in vars(Limits()).items():
         assert name in args, f"--{name.replace('_', '-')} is not an option of serve"
         assert args[name] == default, name
+
+
+def test_batch_max_padding_reaches_the_batcher(tmp_path, tiny_pipe, monkeypatch):
+    import uvicorn
+
+    folder = tiny_pipe().save_pretrained(tmp_path / "tiny-model")
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append(app))  # build the app, serve nothing
+    for argv, padding in (([], 0.5), (["--batch-max-padding", "3"], 3.0)):
+        assert main(["serve", str(folder), "--port", "0", *argv]) == 0
+        assert served[-1].state.engine.batcher.max_padding == padding

@@ -37,6 +37,10 @@ def add_commands(command: Command) -> None:
     p.add_argument("--no-batching", action="store_true", help="run every forward pass alone (for comparisons)")
     p.add_argument("--batch-wait-ms", type=float, default=20.0,
                    help="how long a shared forward pass waits for requests still busy between two steps")
+    p.add_argument("--batch-max-padding", type=float, default=0.5, metavar="FRACTION",
+                   help="padded work a merged pass may add, as a fraction of its real work: calls of other lengths "
+                        "or cache lengths share a pass only within it (0: only calls of one shape share; on a GPU, "
+                        "where padding is cheap, a larger value merges more)")
     p.add_argument("--allowed-hosts", default=None, metavar="HOSTS",
                    help="comma-separated Host header names answered, * for any (default: the bound address and "
                         "localhost, against DNS rebinding; any host when bound to 0.0.0.0)")
@@ -88,9 +92,11 @@ def cmd_serve(args) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if not args.batch_wait_ms >= 0:
         raise UserError(f"--batch-wait-ms must be 0 or more, got {args.batch_wait_ms}")
+    if not args.batch_max_padding >= 0:
+        raise UserError(f"--batch-max-padding must be 0 or more, got {args.batch_max_padding}")
     run_server(args.model_dir, host=args.host, port=args.port, device=args.device, limits=limits,
                batching=not args.no_batching, model_name=args.name, max_wait_s=args.batch_wait_ms / 1000,
-               allowed_hosts=args.allowed_hosts)
+               allowed_hosts=args.allowed_hosts, max_padding=args.batch_max_padding)
 
 
 def cmd_chat(args) -> int:

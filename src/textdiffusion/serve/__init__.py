@@ -13,7 +13,8 @@ from .engine import Limits
 
 def run_server(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
                limits: Limits | None = None, batching: bool = True, model_name: str | None = None,
-               log_level: str = "info", max_wait_s: float = 0.02, allowed_hosts: str | list[str] | None = None) -> None:
+               log_level: str = "info", max_wait_s: float = 0.02, allowed_hosts: str | list[str] | None = None,
+               max_padding: float = 0.5) -> None:
     """Load the model folder and serve it until interrupted.
 
     `allowed_hosts`: the Host header names answered (a list, or comma-separated; `*` is any); None: the bound
@@ -28,7 +29,7 @@ def run_server(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     pipe = Pipeline.from_pretrained(model_dir, device=device)
     name = model_name or Path(model_dir).resolve().name
     app = create_app(pipe, model_name=name, model_dir=model_dir, limits=limits, batching=batching,
-                     max_wait_s=max_wait_s, allowed_hosts=hosts)
+                     max_wait_s=max_wait_s, allowed_hosts=hosts, max_padding=max_padding)
     try:  # lifespan off: on Ctrl-C uvicorn cancels a lifespan task mid-wait and logs its traceback
         uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, lifespan="off")
     finally:

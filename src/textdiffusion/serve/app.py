@@ -44,12 +44,14 @@ OFFERED_SAMPLERS = {
 
 def create_app(pipe: Pipeline, model_name: str = "textdiffusion", model_dir: str | Path | None = None,
                limits: Limits | None = None, batching: bool = True, chat_template: str | None = None,
-               max_wait_s: float = 0.02, allowed_hosts: list[str] | None = None) -> FastAPI:
+               max_wait_s: float = 0.02, allowed_hosts: list[str] | None = None,
+               max_padding: float = 0.5) -> FastAPI:
     """The server's app for one model. `model_dir` is only read for a chat template, at start-up.
 
     `max_wait_s`: how long a gathered forward pass waits for requests still busy between two steps.
+    `max_padding`: the padded work a merged pass may add, as a fraction of its real work (serve/merge.py).
     `allowed_hosts`: the Host header names it answers (`*.example.org` for subdomains); None: any."""
-    engine = Engine(pipe, limits, batching=batching, max_wait_s=max_wait_s)
+    engine = Engine(pipe, limits, batching=batching, max_wait_s=max_wait_s, max_padding=max_padding)
     metrics = Metrics(engine)
     # the folder's own template only: our default template (textdiffusion.api.chat) means nothing to a model
     # that was not fine-tuned on it

@@ -151,10 +151,10 @@ class CheckedModel(nn.Module):
 
 class Engine:
     def __init__(self, pipe: Pipeline, limits: Limits | None = None, batching: bool = True,
-                 max_wait_s: float = 0.02):
+                 max_wait_s: float = 0.02, max_padding: float = 0.5):
         self.base, self.limits = pipe, limits or Limits()
 
-        self.batcher = ForwardBatcher(pipe.model, enabled=batching, max_wait_s=max_wait_s,
+        self.batcher = ForwardBatcher(pipe.model, enabled=batching, max_wait_s=max_wait_s, max_padding=max_padding,
                                       autocast=lambda: inference_context(pipe.precision, pipe.device))
         self.pipe = Pipeline(BatchedModel(pipe.model, self.batcher), pipe.process, pipe.tokenizer, pipe.config,
                              pipe.precision)
