@@ -5,7 +5,9 @@ sample alone; the stats count what shared."""
 
 from __future__ import annotations
 
+import functools
 import threading
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -31,21 +33,30 @@ class Echo(torch.nn.Module):
         return torch.stack([ids.float(), t_rows[:, None].expand_as(ids)], dim=-1)
 
 
-def run_together(batcher: ForwardBatcher, model: BatchedModel, requests: list[tuple[torch.Tensor, torch.Tensor]]):
-    results: list[torch.Tensor | None] = [None] * len(requests)
-    entered = threading.Barrier(len(requests))
+def run_at_once(batcher: ForwardBatcher, jobs: list[Callable[[], object]]) -> list[object]:
+    """Each job in its own thread, every one active in the batcher before any calls (so a pass waits for all of
+    them); a job's exception is its result."""
+    results: list[object] = [None] * len(jobs)
+    entered = threading.Barrier(len(jobs))
 
     def worker(i: int) -> None:
         with batcher.active():
-            entered.wait()  # every request is active before any call: the batch waits for all of them
-            results[i] = model(*requests[i])
+            entered.wait()
+            try:
+                results[i] = jobs[i]()
+            except Exception as exc:  # noqa: BLE001 - handed to the test, which says what it expects
+                results[i] = exc
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(requests))]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=30)
+        thread.join(timeout=60)
     return results
+
+
+def run_together(batcher: ForwardBatcher, model: BatchedModel, requests: list[tuple[torch.Tensor, torch.Tensor]]):
+    return run_at_once(batcher, [functools.partial(model, *request) for request in requests])
 
 
 def test_calls_sharing_a_pass_get_their_own_t_and_rows():
@@ -122,21 +133,8 @@ def test_cached_samplers_sample_under_merged_passes_what_they_sample_alone(time_
     expected = [generate(alone[kind], *rest) for kind, *rest in requests]
     batcher = ForwardBatcher(model, enabled=True, max_wait_s=5.0)
     shared = pipes(BatchedModel(model, batcher))
-    got: list[torch.Tensor | None] = [None] * len(requests)
-    entered = threading.Barrier(len(requests))
-
-    def worker(i: int) -> None:
-        kind, *rest = requests[i]
-        with batcher.active():
-            entered.wait()
-            got[i] = generate(shared[kind], *rest)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(requests))]
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
+        got = run_at_once(batcher, [functools.partial(generate, shared[kind], *rest) for kind, *rest in requests])
     finally:
         batcher.close()
     for i, (want, have) in enumerate(zip(expected, got)):
@@ -162,19 +160,8 @@ def test_stats_count_what_shared_a_pass():
             requests[2][1]["cache"] = causal.new_cache()
         batcher = ForwardBatcher(inner, enabled=True, max_wait_s=5.0)
         wrapped = BatchedModel(inner, batcher)
-        entered = threading.Barrier(len(requests))
-
-        def worker(args, kwargs, wrapped=wrapped, batcher=batcher, entered=entered) -> None:
-            with batcher.active():
-                entered.wait()
-                wrapped(*args, **kwargs)
-
-        threads = [threading.Thread(target=worker, args=r) for r in requests]
         try:
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=30)
+            run_at_once(batcher, [functools.partial(wrapped, *args, **kwargs) for args, kwargs in requests])
         finally:
             batcher.close()
         stats = batcher.stats
@@ -198,23 +185,8 @@ def test_a_call_that_fails_alone_fails_alone_in_a_merged_pass():
     assert all(row_call(model, args[0], (), kwargs) is not None for args, kwargs in requests)  # they would merge
     batcher = ForwardBatcher(model, enabled=True, max_wait_s=5.0)
     wrapped = BatchedModel(model, batcher)
-    results: list[object] = [None, None]
-    entered = threading.Barrier(2)
-
-    def worker(i: int) -> None:
-        with batcher.active():
-            entered.wait()
-            try:
-                results[i] = wrapped(*requests[i][0], **requests[i][1])
-            except ValueError as exc:
-                results[i] = exc
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
+        results = run_at_once(batcher, [functools.partial(wrapped, *args, **kwargs) for args, kwargs in requests])
     finally:
         batcher.close()
     torch.testing.assert_close(results[0], expected)  # its mate's mistake did not fail it
