@@ -44,6 +44,7 @@ def tiny_pipeline(byte_tok) -> Pipeline:
 
 
 # the fixtures, one module per job (tests/td_fixtures/); star-imported so that every test folder sees them
+from td_fixtures.concept import *  # noqa: E402, F401, F403
 from td_fixtures.distributed import *  # noqa: E402, F401, F403
 from td_fixtures.exact_analytic import *  # noqa: E402, F401, F403
 from td_fixtures.exact_d3pm import *  # noqa: E402, F401, F403

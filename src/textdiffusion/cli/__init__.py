@@ -5,6 +5,7 @@ and the `cmd_*` functions that do their work (call the library and print).
 - options.py: the options and helpers several groups share (model, sampling, guidance, overrides, the Pipeline);
 - generate.py: demo, samplers, sample, infill, edit, score;
 - training.py: train, adapt, sft, distill, convert-state, prepare, presets;
+- concept.py: concept train, concept continue (the sentence-concept family);
 - bench.py: bench;
 - serving.py: serve, chat.
 

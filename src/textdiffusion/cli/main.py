@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from ..core.errors import InputWarning, UserError
-from . import bench, generate, serving, training
+from . import bench, concept, generate, serving, training
 
 DESCRIPTION = "Diffusion language models: sample, infill and score text, train models and compare them."
 
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     # the order of `textdiffusion --help`: the demo first, then training, benchmarks, generation and serving
     generate.add_demo(command)
     training.add_commands(command)
+    concept.add_commands(command)
     bench.add_commands(command)
     generate.add_commands(command)
     serving.add_commands(command)

@@ -38,6 +38,10 @@ def find_format(folder: str | Path, config: dict | None = None) -> ModuleType:
     """The one format module whose `matches(folder, config)` is true."""
     folder = Path(folder)
     config = read_folder_config(folder) if config is None else config
+    if config.get("family") == "concept":  # ours, but not a token model: say which command reads it
+        from .concept_folder import refusal
+
+        raise refusal(folder)
     present = []
     for name in FORMATS:
         module = format_module(name)
