@@ -75,7 +75,7 @@ def test_training_the_same_folder_again_reuses_the_cached_vectors(concept_run, c
     flat = [s for d in concept_run.train_docs for s in d]
     cached = read_cache(concept_run.out, "train", flat)
     assert cached is not None and cached.shape == (len(flat), 384)
-    assert read_cache(concept_run.out, "train", flat[1:]) is None  # other sentences: embedded afresh
+    assert read_cache(concept_run.out, "train", [*flat[:-1], "Another one."]) is None  # other sentences: embedded
     out = tmp_path / "again"
     shutil.copytree(concept_run.out, out)
     logged: list[str] = []

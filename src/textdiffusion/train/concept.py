@@ -192,8 +192,6 @@ def train_concept(cfg: ConceptTrainConfig, out: str | Path, device: str | torch.
     out, device = Path(out), torch.device(device)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file: give a folder to write the concept model to")
-    torch.manual_seed(cfg.seed)
-    rng, gen = random.Random(cfg.seed), torch.Generator(device=device).manual_seed(cfg.seed)
     docs = split_documents(cfg.source, "train", cfg.train_sentences, cfg.max_chars, cfg.seed)
     flat, starts = [s for d in docs for s in d], windows(docs, cfg.window)
     if not starts:  # before any work: the denoiser learns a next sentence from the ones before it
@@ -204,6 +202,9 @@ def train_concept(cfg: ConceptTrainConfig, out: str | Path, device: str | torch.
     if emb is None:
         emb = embed(encoder if encoder is not None else sentence_encoder(ENCODER_NAME, device), flat, "train", log)
     scaler = EmbeddingScaler.fit(emb)
+    # seeded after embedding: loading the encoder (on a cache miss only) must not move the weights' draws
+    torch.manual_seed(cfg.seed)
+    rng, gen = random.Random(cfg.seed), torch.Generator(device=device).manual_seed(cfg.seed)
     x = scaler(emb).to(device)
     max_tokens = max(len(TOKENIZER.encode(s)) for s in flat) + 1  # bytes and [EOS]
     dcfg = nets.DecoderConfig(vocab_size=TOKENIZER.vocab_size, embed_dim=emb.shape[1], max_tokens=max_tokens,
