@@ -118,7 +118,7 @@ def test_every_readme_run_folder_is_made_where_it_first_appears():
             if folder in seen:
                 continue
             seen.add(folder)
-            makers = [f"--out {folder}", "commands that make it"]
+            makers = [f"--out {folder}", f"concept train {folder}", "commands that make it"]
             makers += [f"train --config {name} " for name, out in preset_out.items() if out == folder]
             makes = any(m in line for m in makers) or re.search(rf"benchmarks/\S+\.py (\S+ )?{folder}\b", line)
             assert makes, f"README names {folder} before any command that makes it: {line.strip()}"
