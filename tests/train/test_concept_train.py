@@ -139,6 +139,22 @@ def test_bad_settings_are_refused_before_any_work(bad, match):
         ConceptTrainConfig(**bad)
 
 
+def never(sentences: list[str]) -> torch.Tensor:
+    raise AssertionError("the run is refused before anything is embedded")
+
+
+def test_training_never_replaces_a_folder_of_another_kind(concept_corpus, tmp_path, tiny_pipeline):
+    tiny_pipeline.save_pretrained(tmp_path / "tokens")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    cfg = ConceptTrainConfig(source=str(concept_corpus), decoder_steps=1, denoiser_steps=1, d_model=8, heads=2)
+    for folder in ("tokens", "notes"):
+        with pytest.raises(UserError, match="holds something other than a concept model"):
+            train_concept(cfg, tmp_path / folder, "cpu", encoder=never, log=lambda _: None)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 def test_a_corpus_without_a_next_sentence_is_refused(tmp_path):
     corpus = tmp_path / "docs"  # a folder: each file one document, each of one sentence
     corpus.mkdir()
@@ -146,9 +162,6 @@ def test_a_corpus_without_a_next_sentence_is_refused(tmp_path):
         (corpus / f"{i}.txt").write_text(text, encoding="utf-8")
     cfg = ConceptTrainConfig(source=str(corpus), train_sentences=10, decoder_steps=1, denoiser_steps=1, d_model=8,
                              heads=2, decoder_layers=1, prefix=1, context_layers=1, denoiser_layers=1, window=2)
-
-    def never(sentences: list[str]) -> torch.Tensor:
-        raise AssertionError("the corpus is refused before anything is embedded")
 
     with pytest.raises(UserError, match="no document of two sentences"):
         train_concept(cfg, tmp_path / "out", "cpu", encoder=never, log=lambda _: None)

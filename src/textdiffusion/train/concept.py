@@ -2,8 +2,8 @@
 
 1. Sentences of the corpus's training split (data/sentences.py, at most max_chars each), a run of consecutive ones
    from every document alike (`spread`), embedded by the frozen encoder (models/sentence_encoder.py: it generated
-   none of this text); the vectors are cached in the model folder (`embed_cached`) and standardised by a scaler
-   fitted on them (processes/concept.py's EmbeddingScaler).
+   none of this text); the vectors are cached in the model folder (`read_cache`, `write_cache`) and standardised by
+   a scaler fitted on them (processes/concept.py's EmbeddingScaler).
 2. The decoder (models/concept.py) learns embedding -> sentence by teacher forcing, each embedding perturbed by
    N(0, decoder_noise^2) in standardised units so that it also reads generated vectors.
 3. The denoiser learns the next sentence's embedding from the ones before it (processes/concept.py's x0 MSE) on
@@ -32,7 +32,8 @@ from ..core.errors import UserError
 from ..data.corpus import iter_documents
 from ..data.sentences import document_sentences
 from ..data.tokenizers import ByteTokenizer
-from ..interop.concept_folder import ConceptParts
+from ..interop.concept_folder import ConceptParts, is_concept
+from ..interop.folder import read_folder_config
 from ..models import concept as nets
 from ..models.sentence_encoder import ENCODER_NAME, sentence_encoder
 from ..processes.concept import ConceptDiffusion, EmbeddingScaler
@@ -174,6 +175,13 @@ def window_batch(x: torch.Tensor, picks: Iterable[tuple[int, int]], size: int) -
     return batch, valid
 
 
+def is_concept_folder(folder: Path) -> bool:
+    try:
+        return is_concept(read_folder_config(folder))
+    except UserError:  # no config.json, or one that is not JSON: not ours to replace
+        return False
+
+
 @dataclass
 class ConceptRun:
     """A finished training: the model (saved in `out`), its training sentences and what the loops logged."""
@@ -188,10 +196,14 @@ class ConceptRun:
 def train_concept(cfg: ConceptTrainConfig, out: str | Path, device: str | torch.device = "cpu",
                   encoder: Encoder | None = None, log: Callable[[str], None] = log_stderr) -> ConceptRun:
     """Train a concept model on cfg.source's training split and write it to `out` (module notes). `encoder`
-    replaces all-MiniLM-L6-v2 (tests pass a small stand-in; the folder then still names MiniLM)."""
+    replaces all-MiniLM-L6-v2 for embedding the training sentences (a test's stand-in); the folder names MiniLM,
+    which `ConceptModel` loads to read prompts."""
     out, device = Path(out), torch.device(device)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file: give a folder to write the concept model to")
+    if out.is_dir() and any(out.iterdir()) and not is_concept_folder(out):  # never replace another model or data
+        raise UserError(f"{out} holds something other than a concept model, which training would replace: give a "
+                        "new folder (or a concept model's, to train it again)")
     docs = split_documents(cfg.source, "train", cfg.train_sentences, cfg.max_chars, cfg.seed)
     flat, starts = [s for d in docs for s in d], windows(docs, cfg.window)
     if not starts:  # before any work: the denoiser learns a next sentence from the ones before it
