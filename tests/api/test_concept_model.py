@@ -30,7 +30,8 @@ def model(concept_run) -> ConceptModel:
     (dict(samples=2.5), "samples must be an integer"),
     (dict(steps=True), "steps must be an integer"),
     (dict(seed="zero"), "seed must be an integer"),
-    (dict(guidance="strong"), "guidance must be a number"),
+    (dict(guidance="strong"), "guidance must be a finite number"),
+    (dict(eta=float("nan")), "eta must be a finite number"),
     (dict(temperature=-1.0), "temperature must be >= 0"),
 ])
 def test_bad_requests_are_one_line_errors(model, kwargs, match):

@@ -11,6 +11,7 @@ sentence's vector is denoised from the vectors before it and written by the deco
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,8 +74,8 @@ class ConceptModel:
         check_int("steps", steps, 1)
         seed = check_seed(seed)
         for name, value in (("guidance", guidance), ("eta", eta), ("temperature", temperature)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UserError(f"{name} must be a number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UserError(f"{name} must be a finite number, got {value!r}")
         cfg = ConceptSampleConfig(steps=steps, eta=float(eta), guidance=float(guidance),
                                   temperature=float(temperature))
         context = self.prompt_sentences(prompt)
