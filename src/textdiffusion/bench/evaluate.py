@@ -119,7 +119,9 @@ def evaluate_tokenization(suite: Suite, tok, root: Path, overrides: list[str], j
             f"test NLL {lik.nats_per_token:.4f} nats/token "
             f"({'exact' if lik.exact else f'bound, {lik.t_samples} t-samples'})"))
         examples = val[: suite.infill_examples]
-        for span in suite.infill_spans if bound else ():
+        if bound and not fam.infills:
+            log(f"    no infilling: {name} fills no gap")
+        for span in suite.infill_spans if bound and fam.infills else ():
             res = evaluate_infill(pipe, examples, span, seed=0, t_samples=suite.t_samples,
                                   batch_size=suite.sample_batch, **fam.infill)
             row["infill"].append({"span": span, "nll": res.nll.nats_per_token, "nll_stderr": res.nll.stderr,

@@ -35,6 +35,7 @@ class Family:
     model: dict = field(default_factory=dict)  # model-section overrides this family needs
     only: tuple[str, ...] = ()  # tokenizations it can run with (empty: all)
     infill: dict = field(default_factory=dict)  # options of the default sampler for the infilling accuracy
+    infills: bool = True  # False: the family cannot fill a gap (latent models encode the whole passage)
 
     def runs_with(self, tokenization: str) -> bool:
         return not self.only or tokenization in self.only
@@ -173,6 +174,22 @@ def cdcd(steps: tuple[int, ...]) -> Family:
                   infill={"steps": sorted(steps)[len(steps) // 2]})
 
 
+def latent(steps: tuple[int, ...], ae_steps: int, only: tuple[str, ...] = ()) -> Family:
+    """Latent diffusion (issue 35, LD4LG / PLANNER): the first `ae_steps` of the suite's budget train the
+    autoencoder (2 encoder and 2 decoder blocks, 16 latents of width 32), the rest the denoiser (the backbone's
+    blocks) over its latents; ancestral steps at each count, then DDIM at the largest. Its bound covers whole
+    passages (the VAE bound with the Gaussian chain's), so it has a test NLL but no infilling columns: the
+    latents encode every token, and the sampler continues a prefix but fills no gap. `ae_steps` counts in the
+    suite's steps, so `only` keeps it off a tokenization whose budget is shorter."""
+    most = max(steps)
+    settings = (*(SamplerSetting("latent", {"steps": s}) for s in steps),
+                SamplerSetting("latent", {"steps": most, "eta": 0.0}, f"latent ddim(steps={most})"))
+    process = {"name": "latent", "num_latents": 16, "latent_dim": 32, "encoder_layers": 2, "decoder_layers": 2,
+               "resampler_layers": 2, "ae_steps": ae_steps, "latent_noise": 0.1, "latent_dropout": 0.1,
+               "word_dropout": 0.3, "prediction": "v", "self_condition": True, "cond_drop": 0.1}
+    return Family("latent", process, settings, only=only, infills=False)
+
+
 def edit_families(revisions: tuple[int, ...], euler: tuple[int, ...]) -> tuple[Family, ...]:
     """Issue 16's edit families, generating unconditionally: DiffusER (its defaults; revision steps of the
     'edit' sampler from random tokens, the start its forward process ends near) and Edit Flows (its defaults:
@@ -201,7 +218,7 @@ SUITES: dict[str, Suite] = {
         tokenizations=(BYTE, bpe(512)),
         families=(AR, mdlm((16, 64), parallel_decoding(64, full=False)), *discrete_families((16,)),
                   bd3(4, (4,)), bd3(16, (16,)), diffusion_lm((16, 64)),
-                  cdcd((16, 64)), *edit_families((10,), (64,))),
+                  cdcd((16, 64)), latent((16, 64), ae_steps=75), *edit_families((10,), (64,))),
         base={"data": {"source": "shakespeare", "seq_len": 64},
               "model": {"d_model": 96, "n_layers": 2, "n_heads": 2},
               "train": {"steps": 150, "batch_size": 16, "lr": 2.0e-3, "warmup_steps": 20, "ema_decay": 0.0,
@@ -221,7 +238,8 @@ SUITES: dict[str, Suite] = {
                       dilated=True),
                   bd3(16, (16, 8, 4), only=("byte",), thresholds=SMALL_BD3_THRESHOLDS, scores=SMALL_BD3_SCORES,
                       dilated=True),
-                  diffusion_lm((32, 128, 512)), cdcd((32, 128, 512)), *edit_families((10, 20), (64, 128))),
+                  diffusion_lm((32, 128, 512)), cdcd((32, 128, 512)),
+                  latent((32, 128, 512), ae_steps=700, only=("byte",)), *edit_families((10, 20), (64, 128))),
         base={"data": {"source": "shakespeare", "seq_len": 128},
               "model": {"d_model": 256, "n_layers": 4, "n_heads": 4},
               "train": {"steps": 1200, "batch_size": 32, "lr": 1.0e-3, "warmup_steps": 100, "ema_decay": 0.995,
