@@ -11,7 +11,7 @@ from textdiffusion.bench import suites
 from textdiffusion.bench.judges import weights_fingerprint
 from textdiffusion.bench.measure import MAX_TIMING_REPEATS, MeasureRequest, measure
 from textdiffusion.bench.report import write_markdown_section
-from textdiffusion.bench.run import run_suite
+from textdiffusion.bench.run import pick_settings, run_suite
 from textdiffusion.cli import main
 from textdiffusion.core.errors import UserError
 
@@ -147,3 +147,20 @@ def test_unknown_suite_and_family_are_user_errors(suite):
         suites.get_suite("huge")
     with pytest.raises(UserError, match="has no family"):
         suite.family("sedd")
+
+
+def test_setting_picks_the_sampler_settings_measured(suite, tmp_path, capsys):
+    picked = pick_settings(suite, None, ["ar (no cache)", "ancestral(steps=4)", "block(steps=2)"])
+    assert [[s.name() for s in f.settings] for f in picked.families] == [["ar (no cache)"], ["ancestral(steps=4)"],
+                                                                         ["block(steps=2)"]]
+    assert pick_settings(suite, None, None) is suite
+    with pytest.raises(UserError, match="names none of family 'bd3-4'"):  # a family left with nothing to measure
+        pick_settings(suite, None, ["ar (no cache)", "ancestral(steps=4)"])
+    assert pick_settings(suite, ["ar"], ["ar (no cache)"]).family("ar").settings[0].name() == "ar (no cache)"
+    with pytest.raises(UserError, match="no sampler setting 'ancestral"):
+        pick_settings(suite, ["ar"], ["ar (no cache)", "ancestral(steps=5)"])
+    results = run_suite("test", tmp_path / "runs", tmp_path / "results", None, "bench test", families=["ar"],
+                        log=lambda _: None, settings=["ar (no cache)"])
+    assert [s["setting"] for s in results["tokenizations"][0]["models"]["ar"]["samples"]] == ["ar (no cache)"]
+    args = ["bench", "test", "--runs", str(tmp_path / "runs"), "--no-write", "--family", "mdlm", "--setting", "x"]
+    assert main(args) == 2 and "names none of family 'mdlm'" in capsys.readouterr().err

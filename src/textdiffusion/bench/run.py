@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import time
@@ -20,8 +21,8 @@ from .suites import get_suite
 def run_suite(name: str, runs: Path, results_dir: Path, markdown: Path | None, command: str,
               judge: str | None = None, device: str = "cpu", families: list[str] | None = None,
               tokenizations: list[str] | None = None, overrides: list[str] | None = None, log=print,
-              extra_judges: tuple[str, ...] = ()) -> dict:
-    suite = get_suite(name)
+              extra_judges: tuple[str, ...] = (), settings: list[str] | None = None) -> dict:
+    suite = pick_settings(get_suite(name), families, settings)
     resolve_device(device)  # before minutes of training, not after
     toks = check_selection(suite, families, tokenizations)
     start = time.perf_counter()
@@ -74,6 +75,26 @@ def check_selection(suite, families: list[str] | None, tokenizations: list[str] 
         raise UserError(f"no family of suite {suite.name!r} that --family picks runs with a tokenization that "
                         "--tokenization picks: drop one of them")
     return toks
+
+
+def pick_settings(suite, families: list[str] | None, settings: list[str] | None):
+    """The suite with only the sampler settings named in `settings` (None: all of them). Every family that
+    --family picks must keep at least one: a family left with none would train and measure nothing."""
+    if not settings:
+        return suite
+    kept = []
+    for fam in suite.families:
+        chosen = tuple(s for s in fam.settings if s.name() in settings)
+        if not chosen and (families is None or fam.name in families):
+            raise UserError(f"--setting names none of family {fam.name!r}'s settings: choose from "
+                            f"{', '.join(repr(s.name()) for s in fam.settings)}, or leave it out with --family")
+        kept.append(dataclasses.replace(fam, settings=chosen))
+    known = {s.name() for fam in suite.families for s in fam.settings}
+    unknown = [n for n in settings if n not in known]
+    if unknown:
+        raise UserError(f"suite {suite.name!r} has no sampler setting {', '.join(map(repr, unknown))}: the names "
+                        "are those of the table's setting column")
+    return dataclasses.replace(suite, families=tuple(kept))
 
 
 def merge_results(old: dict, new: dict, suite) -> dict:

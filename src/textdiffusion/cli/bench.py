@@ -24,6 +24,9 @@ def add_commands(command: Command) -> None:
                         "repeatable); SmolLM2 is added where installed. A judge scores no row its model generated")
     p.add_argument("--family", action="append", default=None, help="only this family (repeatable)")
     p.add_argument("--tokenization", action="append", default=None, help="only this tokenization (repeatable)")
+    p.add_argument("--setting", action="append", default=None, metavar="NAME",
+                   help="only this sampler setting, named as in the table, e.g. 'ancestral(steps=128)' "
+                        "(repeatable; every family measured must keep one)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override the suite's training config, e.g. --set train.steps=50 (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -41,4 +44,4 @@ def cmd_bench(args) -> None:
     command = "textdiffusion bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else f"bench {args.suite}"
     run_suite(args.suite, Path(args.runs), Path(args.results), None if args.no_write else Path(args.markdown),
               command, judge=args.judge, device=args.device, families=args.family, tokenizations=args.tokenization,
-              overrides=args.set, extra_judges=tuple(args.also_judge))
+              overrides=args.set, extra_judges=tuple(args.also_judge), settings=args.setting)
