@@ -65,7 +65,7 @@ def test_a_block_sample_counts_no_eos_padding(tmp_path, byte_tok, capsys):
                  "--seed", "0"]) == 0
     out = capsys.readouterr().out
     assert out.count("--- sample") == 2
-    assert "[6 tokens in " in out  # per row: the prompt's 2 tokens and the [EOS] that stopped it; not 2 x 40
+    assert "[2 new tokens in " in out  # per row the [EOS] that stopped it: not the prompt's 2 tokens, not 2 x 40
 
 
 def test_written_tokens_keeps_what_precedes_the_stop():
@@ -73,6 +73,7 @@ def test_written_tokens_keeps_what_precedes_the_stop():
     ids = torch.tensor([[1, 2, eos, eos, eos], [1, eos, 2, 3, 4], [eos] * 5, [1, 2, 3, 4, eos]])
     assert written_tokens(ids, eos) == 3 + 5 + 1 + 5
     assert written_tokens(ids, None) == ids.numel()
+    assert written_tokens(ids, eos, prompt_tokens=2) == 1 + 3 + 0 + 3  # the row that stopped at once wrote none
 
 
 def test_edit_needs_a_model_and_its_help_offers_none(tmp_path, capsys):

@@ -135,20 +135,23 @@ def cmd_sample(args) -> None:
                         **sampling_options(args), **guidance)
     for i, text in enumerate(out.texts):
         print(f"--- sample {i + 1} ---\n{text}")
-    n_tokens = written_tokens(out.ids, pipe.tokenizer.eos_id)
+    prompt_tokens = len(pipe.tokenizer.encode(args.prompt)) if args.prompt is not None else 0
+    n_tokens = written_tokens(out.ids, pipe.tokenizer.eos_id, prompt_tokens)
     rate = n_tokens / max(out.seconds, 1e-9)
-    print(f"[{n_tokens} tokens in {out.seconds:.2f}s, {rate:,.0f} tokens/s, {out.nfe} forward passes]")
+    print(f"[{n_tokens} new tokens in {out.seconds:.2f}s, {rate:,.0f} tokens/s, {out.nfe} forward passes]")
     show_frames(args, pipe, out)
 
 
-def written_tokens(ids: torch.Tensor, eos_id: int | None) -> int:
-    """The tokens of a batch [B, L] without the [EOS] padding a sampler writes after a row's stop (block, semi_ar):
-    each row's trailing run of [EOS] counts once, as the stop. Otherwise a BD3-LM run that stopped at token 358 of
-    1,000 would claim 1,000 tokens, and a tokens/s to match."""
-    if eos_id is None:
-        return ids.numel()
-    trailing = (ids == eos_id).flip(1).int().cumprod(1).sum(1)  # per row: how many ids at its end are [EOS]
-    return int(ids.numel() - (trailing - 1).clamp(min=0).sum())
+def written_tokens(ids: torch.Tensor, eos_id: int | None, prompt_tokens: int = 0) -> int:
+    """The tokens a sampler wrote in a batch [B, L]: not the `prompt_tokens` each row starts with (given, not
+    written), nor the [EOS] padding a sampler writes after a row's stop (block, semi_ar): each row's trailing run
+    of [EOS] counts once, as the stop. Otherwise a BD3-LM run that stopped at token 358 of 1,000 would claim
+    1,000 tokens, and a tokens/s to match."""
+    kept = ids.new_full((ids.shape[0],), ids.shape[1]).cpu()
+    if eos_id is not None:
+        trailing = (ids == eos_id).flip(1).int().cumprod(1).sum(1)  # per row: how many ids at its end are [EOS]
+        kept = kept - (trailing.cpu() - 1).clamp(min=0)
+    return int((kept - prompt_tokens).clamp(min=0).sum())
 
 
 def cmd_infill(args) -> None:
