@@ -48,8 +48,9 @@ def test_latent_family_trains_scores_and_generates_in_the_bench(monkeypatch, tmp
     assert not lat["likelihood"]["exact"] and math.isfinite(lat["likelihood"]["nats_per_token"])
     assert lat["infill"] == [] and [r["span"] for r in ar["infill"]] == [2]
     assert "    no infilling: latent fills no gap" in logs
-    assert [s["setting"] for s in lat["samples"]] == ["latent(steps=2)", "latent(steps=3)", "latent ddim(steps=3)"]
-    for s, denoiser_passes in zip(lat["samples"], (2, 3, 3)):
+    assert [s["setting"] for s in lat["samples"]] == ["latent(steps=2)", "latent(steps=3)", "latent ddim(steps=3)",
+                                                      "latent(steps=3, decoder temperature 1)"]
+    for s, denoiser_passes in zip(lat["samples"], (2, 3, 3, 3), strict=True):
         assert s["nfe_per_batch"] == denoiser_passes + 16  # then the decoder writes 16 tokens, one pass each
         assert math.isfinite(s["judge_ppl"]) and s["judge_ppl"] > 1 and s["tokens_per_s"] > 0
     text = md.read_text()

@@ -177,13 +177,17 @@ def cdcd(steps: tuple[int, ...]) -> Family:
 def latent(steps: tuple[int, ...], ae_steps: int, only: tuple[str, ...] = ()) -> Family:
     """Latent diffusion (issue 35, LD4LG / PLANNER): the first `ae_steps` of the suite's budget train the
     autoencoder (2 encoder and 2 decoder blocks, 16 latents of width 32), the rest the denoiser (the backbone's
-    blocks) over its latents; ancestral steps at each count, then DDIM at the largest. Its bound covers whole
+    blocks) over its latents; ancestral steps at each count, then DDIM at the largest, all with the greedy
+    decoder of LD4LG, then the middle count with the decoder sampling at temperature 1. Its bound covers whole
     passages (the VAE bound with the Gaussian chain's), so it has a test NLL but no infilling columns: the
     latents encode every token, and the sampler continues a prefix but fills no gap. `ae_steps` counts in the
     suite's steps, so `only` keeps it off a tokenization whose budget is shorter."""
-    most = max(steps)
+    most, middle = max(steps), sorted(steps)[len(steps) // 2]
     settings = (*(SamplerSetting("latent", {"steps": s}) for s in steps),
-                SamplerSetting("latent", {"steps": most, "eta": 0.0}, f"latent ddim(steps={most})"))
+                SamplerSetting("latent", {"steps": most, "eta": 0.0}, f"latent ddim(steps={most})"),
+                # the decoder is greedy by default (LD4LG); sampled at temperature 1 as the token families are
+                SamplerSetting("latent", {"steps": middle, "temperature": 1.0},
+                               f"latent(steps={middle}, decoder temperature 1)"))
     process = {"name": "latent", "num_latents": 16, "latent_dim": 32, "encoder_layers": 2, "decoder_layers": 2,
                "resampler_layers": 2, "ae_steps": ae_steps, "latent_noise": 0.1, "latent_dropout": 0.1,
                "word_dropout": 0.3, "prediction": "v", "self_condition": True, "cond_drop": 0.1}
