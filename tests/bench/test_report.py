@@ -63,6 +63,18 @@ def test_merge_keeps_unmeasured_rows_in_suite_order():
     assert "- command: `full`" in text and "partial rerun on d: `c` (1.0 min; m2)" in text
 
 
+def test_a_setting_rerun_keeps_the_familys_other_settings():
+    ancestral = [sample(f"ancestral(steps={n})", 100, 10.0, 3.0) for n in (32, 128, 512)]
+    old = {"tokenizations": [{"tokenization": "byte", "models": {"mdlm": {"x": 1, "samples": ancestral},
+                                                                "ar": {"samples": [sample("gone", 1, 1.0, 1.0)]}}}]}
+    again = sample("ancestral(steps=128)", 200, 9.0, 3.0)
+    new = {"tokenizations": [{"tokenization": "byte", "models": {"mdlm": {"x": 2, "samples": [again]},
+                                                                "ar": {"samples": []}}}]}
+    merged = merge_results(old, new, suites.SUITES["small"])["tokenizations"][0]["models"]
+    assert merged["mdlm"]["x"] == 2 and merged["mdlm"]["samples"] == [ancestral[0], again, ancestral[2]]
+    assert merged["ar"]["samples"] == []  # a setting the suite no longer has is not carried over
+
+
 def with_judge(s: dict, name: str, ppl: float, entropy: float) -> dict:
     return {**s, "other_judges": {name: {"judge_ppl": ppl, "unigram_entropy": entropy}}}
 

@@ -97,13 +97,27 @@ def pick_settings(suite, families: list[str] | None, settings: list[str] | None)
     return dataclasses.replace(suite, families=tuple(kept))
 
 
+def _merge_samples(name: str, old: dict | None, new: dict, suite) -> dict:
+    """A family's new row, keeping the old row's sampler settings that the rerun did not measure (a --setting
+    rerun) while the suite's family still has them, in the suite's order."""
+    fam = next((f for f in suite.families if f.name == name), None)
+    if not old or fam is None or "samples" not in old or "samples" not in new:
+        return new
+    names = [s.name() for s in fam.settings]
+    measured = {s["setting"] for s in new["samples"]}
+    samples = new["samples"] + [s for s in old["samples"] if s["setting"] not in measured and s["setting"] in names]
+    samples.sort(key=lambda s: names.index(s["setting"]) if s["setting"] in names else len(names))
+    return {**new, "samples": samples}
+
+
 def merge_results(old: dict, new: dict, suite) -> dict:
     """A partial run (some families or tokenizations) updates the suite's stored results: what it
     measured replaces the old rows, everything else is kept, in the suite's order."""
     by_tok = {t["tokenization"]: t for t in old.get("tokenizations", [])}
     for tok in new["tokenizations"]:
         kept = by_tok.get(tok["tokenization"], {}).get("models", {})
-        models = {**kept, **tok["models"]}
+        rerun = {name: _merge_samples(name, kept.get(name), row, suite) for name, row in tok["models"].items()}
+        models = {**kept, **rerun}
         order = [f.name for f in suite.families]
         tok["models"] = dict(sorted(models.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
         by_tok[tok["tokenization"]] = tok
