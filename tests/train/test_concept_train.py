@@ -166,3 +166,26 @@ def test_a_corpus_without_a_next_sentence_is_refused(tmp_path):
     with pytest.raises(UserError, match="no document of two sentences"):
         train_concept(cfg, tmp_path / "out", "cpu", encoder=never, log=lambda _: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_training_stopped_after_embedding_keeps_the_vectors(concept_corpus, tmp_path, monkeypatch):
+    """The vectors are cached in OUT as soon as they are made: a run stopped in its training loops (or killed)
+    leaves them, and the next run into OUT trains without embedding again."""
+    from textdiffusion.train import concept as training
+
+    cfg = ConceptTrainConfig(source=str(concept_corpus), decoder_steps=1, denoiser_steps=1, d_model=8, heads=2)
+    out = tmp_path / "run"
+    real_loop = training.train_loop
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_loop", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train_concept(cfg, out, "cpu", log=lambda _: None)
+    assert [p.name for p in out.iterdir()] == ["embeddings-train.safetensors"]
+    monkeypatch.setattr(training, "train_loop", real_loop)
+    logged: list[str] = []
+    train_concept(cfg, out, "cpu", log=logged.append)
+    assert not any(line.startswith("embedded") for line in logged)
+    assert ConceptModel.from_pretrained(out, device="cpu").parts.decoder is not None

@@ -176,6 +176,10 @@ def window_batch(x: torch.Tensor, picks: Iterable[tuple[int, int]], size: int) -
 
 
 def is_concept_folder(folder: Path) -> bool:
+    """A concept model's folder, or one that holds only embedding caches (a training stopped before its save)."""
+    if folder.is_dir() and all(p.name.startswith(CACHE_PREFIX) and p.suffix == ".safetensors"
+                               for p in folder.iterdir()):
+        return True
     try:
         return is_concept(read_folder_config(folder))
     except UserError:  # no config.json, or one that is not JSON: not ours to replace
@@ -213,6 +217,9 @@ def train_concept(cfg: ConceptTrainConfig, out: str | Path, device: str | torch.
     emb = read_cache(out, "train", flat) if encoder is None else None
     if emb is None:
         emb = embed(encoder if encoder is not None else sentence_encoder(ENCODER_NAME, device), flat, "train", log)
+        if encoder is None:  # kept at once: a training stopped later does not embed again (minutes on a CPU)
+            out.mkdir(parents=True, exist_ok=True)
+            write_cache(out, "train", flat, emb)
     scaler = EmbeddingScaler.fit(emb)
     # seeded after embedding: loading the encoder (on a cache miss only) must not move the weights' draws
     torch.manual_seed(cfg.seed)
