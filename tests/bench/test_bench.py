@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+import sys
 
 import pytest
 
@@ -149,7 +151,7 @@ def test_unknown_suite_and_family_are_user_errors(suite):
         suite.family("sedd")
 
 
-def test_setting_picks_the_sampler_settings_measured(suite, tmp_path, capsys):
+def test_setting_picks_the_sampler_settings_measured(suite, tmp_path, capsys, monkeypatch):
     picked = pick_settings(suite, None, ["ar (no cache)", "ancestral(steps=4)", "block(steps=2)"])
     assert [[s.name() for s in f.settings] for f in picked.families] == [["ar (no cache)"], ["ancestral(steps=4)"],
                                                                          ["block(steps=2)"]]
@@ -164,3 +166,10 @@ def test_setting_picks_the_sampler_settings_measured(suite, tmp_path, capsys):
     assert [s["setting"] for s in results["tokenizations"][0]["models"]["ar"]["samples"]] == ["ar (no cache)"]
     args = ["bench", "test", "--runs", str(tmp_path / "runs"), "--no-write", "--family", "mdlm", "--setting", "x"]
     assert main(args) == 2 and "names none of family 'mdlm'" in capsys.readouterr().err
+    # the command recorded with the results runs again when pasted into a shell: names with spaces are quoted
+    args = ["bench", "test", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "cli"), "--no-write",
+            "--family", "ar", "--setting", "ar (no cache)"]
+    monkeypatch.setattr(sys, "argv", ["textdiffusion", *args])
+    assert main(args) == 0
+    command = json.loads((tmp_path / "cli" / "bench-test.json").read_text())["command"]
+    assert shlex.split(command)[1:] == args

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def cmd_bench(args) -> None:
     if args.train_only:
         train_suite(args.suite, Path(args.runs), args.family, args.tokenization, args.set)
         return
-    command = "textdiffusion bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else f"bench {args.suite}"
+    # quoted as a shell would need it: setting names hold spaces and parentheses
+    command = "textdiffusion bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else f"bench {args.suite}"
     run_suite(args.suite, Path(args.runs), Path(args.results), None if args.no_write else Path(args.markdown),
               command, judge=args.judge, device=args.device, families=args.family, tokenizations=args.tokenization,
               overrides=args.set, extra_judges=tuple(args.also_judge), settings=args.setting)
