@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.budget import check_memory
+from .kv_cache import KVCache
 from .transformer import Block, ModelConfig, TimeEmbedding, rotary_tables
 
 
@@ -76,8 +77,8 @@ class DecoderLayer(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.cross = CrossAttention(cfg.d_model, cfg.n_heads)
 
-    def forward(self, x, cos, sin, memory):
-        x = self.block(x, cos, sin)
+    def forward(self, x, cos, sin, memory, attn_mask=None, kv=None):
+        x = self.block(x, cos, sin, None, attn_mask, kv)
         return x + self.cross(self.norm(x), memory)
 
 
@@ -145,7 +146,7 @@ class LatentModel(nn.Module):
         if part == "encode":
             return self.encode(x, kwargs.get("mask"))
         if part == "decode":
-            return self.decode_logits(x, kwargs["latents"])
+            return self.decode_logits(x, kwargs["latents"], kwargs.get("cache"))
         if part == "denoise":
             return self.denoise(x, t, kwargs.get("cond"), kwargs.get("has_cond"), kwargs.get("previous"))
         raise ValueError(f"unknown part {part!r}: encode, decode or denoise")
@@ -168,14 +169,31 @@ class LatentModel(nn.Module):
             q = layer(q, x, mask)
         return F.layer_norm(self.to_latent(q), (self.latent_dim,))  # LD4LG / PLANNER: latents of unit scale
 
-    def decode_logits(self, ids: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits [B, L, V] of each token of `ids` [B, L] given the earlier ones and the latents."""
+    def new_cache(self) -> KVCache:
+        """An empty KV cache of the decoder's self-attention (`decode_logits(..., cache=)`)."""
+        return KVCache(len(self.decoder))
+
+    def decode_logits(self, ids: torch.Tensor, latents: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Teacher-forced logits [B, L, V] of each token of `ids` [B, L] given the earlier ones and the latents.
+
+        With `cache` (holding positions 0 .. p - 1 of these very ids and latents), only positions p .. L - 1 are
+        computed and stored: logits [B, L - p, V], the same numbers as the last L - p of the full call."""
         b, length = ids.shape
-        x = torch.cat([self.start.expand(b, 1, -1), self.embed(ids[:, :-1])], dim=1)
-        cos, sin = self.rope_cos[:length], self.rope_sin[:length]
+        past = 0 if cache is None else cache.length
+        if past >= length:
+            raise ValueError(f"the cache holds {past} positions: pass more than {past} ids")
+        x = self.embed(ids[:, max(past - 1, 0) : length - 1])  # position i reads token i - 1
+        if past == 0:
+            x = torch.cat([self.start.expand(b, 1, -1).to(x.dtype), x], dim=1)
+        cos, sin = self.rope_cos[past:length], self.rope_sin[past:length]
+        mask = None  # no cache: the blocks' own causal attention
+        if cache is not None and length - past > 1:
+            mask = torch.arange(past, length, device=ids.device)[:, None] >= torch.arange(length, device=ids.device)
         memory = self.from_latent(latents.to(x.dtype))
-        for layer in self.decoder:
-            x = layer(x, cos, sin, memory)
+        for i, layer in enumerate(self.decoder):
+            x = layer(x, cos, sin, memory, mask, None if cache is None else (cache, i, self.cfg.seq_len, True))
+        if cache is not None:
+            cache.length = length
         return self.head(self.decoder_norm(x))
 
     # ---- the denoiser ------------------------------------------------------------------------

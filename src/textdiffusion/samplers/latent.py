@@ -57,13 +57,15 @@ def prefix_lengths(x: torch.Tensor, mask_id: int) -> torch.Tensor:
 def decode(model: nn.Module, latents: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor, mask_id: int,
            temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """The decoder's text for `latents` [B, k, d]: x's first `lengths` ids of each row kept, the rest written left
-    to right ([MASK] never written). One decoder pass per position."""
+    to right ([MASK] never written). One decoder pass per position, each reading the earlier ones from a KV cache
+    (the first computes every position up to it, the prompt's included)."""
     out = x.clone()
     keep = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]
+    cache = backbone(model).new_cache()
     for i in range(x.shape[1]):
         if bool(keep[:, i].all()):
             continue
-        logits = decode_logits(model, out[:, : i + 1], latents)[:, i].float()
+        logits = decode_logits(model, out[:, : i + 1], latents, cache)[:, -1].float()
         logits[:, mask_id] = float("-inf")
         token = sample_categorical(select_from_logits(logits, temperature, top_p), generator)
         out[:, i] = torch.where(keep[:, i], out[:, i], token)
