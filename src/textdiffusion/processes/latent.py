@@ -89,8 +89,7 @@ def decode_logits(model: nn.Module, ids: torch.Tensor, latents: torch.Tensor, ca
     """LatentModel.decode_logits through the model's forward (see `encode`); `cache` from `backbone(model).new_cache()`
     computes only the positions past those it holds."""
     backbone(model)
-    return model(ids, part="decode", latents=latents) if cache is None else \
-        model(ids, part="decode", latents=latents, cache=cache)
+    return model(ids, part="decode", latents=latents, cache=cache)
 
 
 def denoise(model: nn.Module, xt: torch.Tensor, time: torch.Tensor, cond: torch.Tensor | None = None,

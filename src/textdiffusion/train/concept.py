@@ -253,12 +253,8 @@ def train_concept(cfg: ConceptTrainConfig, out: str | Path, device: str | torch.
                          max_chars=cfg.max_chars, training=cfg.to_dict())
     model = ConceptModel(parts, encoder, device)  # None: MiniLM, loaded when first needed
 
-    def extra(tmp: Path) -> None:
-        _keep_caches(out, tmp)
-        if encoder is None:
-            write_cache(tmp, "train", flat, emb)
-
-    model.save_pretrained(out, extra=extra)
+    # the caches in OUT (the training one written as soon as it was made) go into the new folder
+    model.save_pretrained(out, extra=lambda tmp: _keep_caches(out, tmp))
     params = {name: sum(p.numel() for p in net.parameters()) for name, net in (("decoder", decoder),
                                                                                ("denoiser", denoiser))}
     return ConceptRun(model=model, out=out, train_docs=docs, curves=curves, params=params)
