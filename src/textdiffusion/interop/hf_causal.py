@@ -54,6 +54,7 @@ def dequantise_gguf(folder: Path, gguf_file: str, out: Path) -> Path:
     tmp.mkdir(parents=True)
     config = model.config.to_dict()
     config.pop("quantization_config", None)
+    config["architectures"] = [type(model).__name__]  # what marks a causal-LM folder (interop/causal_lm.py)
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
              if not (config.get("tie_word_embeddings") and k == "lm_head.weight")}
     save_file(state, str(tmp / "model.safetensors"))
@@ -66,6 +67,17 @@ def dequantise_gguf(folder: Path, gguf_file: str, out: Path) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
+
+
+def name_architecture(config_path: Path) -> None:
+    """Add the `architectures` entry that folders dequantised before it was written lack (atomic rewrite)."""
+    config = json.loads(config_path.read_text())
+    if config.get("architectures"):
+        return
+    config["architectures"] = ["LlamaForCausalLM"]  # every GGUF we read is a LLaMA-family causal LM
+    tmp = config_path.with_name(config_path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, config_path)
 
 
 def resolve_source(spec: str | Path) -> Path:
@@ -83,6 +95,7 @@ def resolve_source(spec: str | Path) -> Path:
         folder, gguf_file = path.parent, path.name
     out = cache_root() / (Path(gguf_file).stem.lower() + "-dequantised")
     if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
+        name_architecture(out / "config.json")
         return out
     print(f"dequantising {folder / gguf_file} into {out} (once)", flush=True)
     return dequantise_gguf(folder, gguf_file, out)
