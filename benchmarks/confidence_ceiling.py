@@ -24,12 +24,13 @@ import json
 import random
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, markdown_table, record, timed  # noqa: E402
+from common import machine_line, markdown_table, record  # noqa: E402
 
 from textdiffusion.api.pipeline import Pipeline  # noqa: E402
 from textdiffusion.eval.pass_ceiling import next_token_confidence, threshold_passes  # noqa: E402
@@ -82,19 +83,23 @@ def greedy_window(pipe: Pipeline, window: list[int], context: int, seed: int) ->
 
 
 def pass_cost(pipe: Pipeline, context: int, sizes: list[int], repeats: int) -> dict[int, float]:
-    """Seconds of a cached forward of B new tokens (batch 1) over that of 1 new token, for each B."""
+    """Seconds of a cached forward of B new tokens (batch 1) over that of 1 new token, for each B: the calls
+    take turns, `repeats` rounds after a warm-up, so a slow stretch of a shared machine hits every B alike."""
     model = pipe.model
     x = torch.randint(0, pipe.tokenizer.vocab_size - 1, (1, context + max(sizes)))
     cache = model.new_cache()
+    times: dict[int, list[float]] = {b: [] for b in [1, *sizes]}
     with torch.inference_mode():
         model(x[:, :context], cache=cache)
-
-        def step(b: int):
-            return lambda: model(x[:, context : context + b], cache=cache, commit=False,
-                                 positions=torch.arange(context, context + b))
-
-        one = timed(step(1), repeats, keep=statistics.median)
-        return {b: timed(step(b), repeats, keep=statistics.median) / one for b in sizes}
+        for round_ in range(repeats + 1):
+            for b in times:
+                start = time.perf_counter()
+                model(x[:, context : context + b], cache=cache, commit=False,
+                      positions=torch.arange(context, context + b))
+                if round_:  # the first round warms up
+                    times[b].append(time.perf_counter() - start)
+    one = statistics.median(times[1])
+    return {b: statistics.median(times[b]) / one for b in sizes}
 
 
 def main() -> None:
@@ -107,7 +112,7 @@ def main() -> None:
     parser.add_argument("--span", type=int, default=64, help="tokens read after each context")
     parser.add_argument("--block-sizes", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.7, 0.5])
-    parser.add_argument("--repeats", type=int, default=20, help="timings per pass cost (the median is kept)")
+    parser.add_argument("--repeats", type=int, default=50, help="timing rounds of the pass costs (medians are kept)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write", action="store_true", help="append the table to BENCHMARKS.md")
     args = parser.parse_args()
@@ -153,8 +158,8 @@ def main() -> None:
                       for r in {r["model"]: r for r in results}.values())
     table = markdown_table(headers, rows)
     notes = (f"Cost of a cached pass of B new tokens over a 1-token pass (batch 1, bf16, after {args.context} tokens, "
-             f"median of {args.repeats}): {costs}. Needed for 2x AR: 2 x that many tokens per pass. {args.windows} "
-             f"windows of {args.context} context + {args.span} tokens per text.")
+             f"medians of {args.repeats} interleaved rounds): {costs}. Needed for 2x AR: 2 x that many tokens per "
+             f"pass. {args.windows} windows of {args.context} context + {args.span} tokens per text.")
     print(f"\n{machine_line('cpu')}\n\n{table}\n\n{notes}")
     if args.write:
         record("confidence-ceiling", "What threshold decoding could gain on SmolLM2: the AR model's own confidence",
