@@ -56,7 +56,7 @@ def load(spec: str) -> Pipeline:
     """A causal LM: "smollm2", a .gguf file, an HF causal-LM folder, or an AR run of ours."""
     path = Path(spec)
     folder = path if (path / "checkpoint").is_dir() else resolve_source(spec)
-    pipe = Pipeline.from_pretrained(folder, device="cpu", precision="bf16")
+    pipe = Pipeline.from_pretrained(folder, device="cpu", precision="bf16", dtype="bf16")  # bf16 weights
     if pipe.process.name != "autoregressive":
         sys.exit(f"{spec} is a {pipe.process.name} model: this benchmark reads an AR model's confidence")
     return pipe
