@@ -52,11 +52,11 @@ def read_text(path: Path) -> str:
     return path.read_text(errors="replace")
 
 
-def load(spec: str) -> Pipeline:
-    """A causal LM: "smollm2", a .gguf file, an HF causal-LM folder, or an AR run of ours."""
+def load(spec: str, dtype: str) -> Pipeline:
+    """A causal LM: "smollm2", a .gguf file, an HF causal-LM folder, or an AR run of ours (bf16 autocast)."""
     path = Path(spec)
     folder = path if (path / "checkpoint").is_dir() else resolve_source(spec)
-    pipe = Pipeline.from_pretrained(folder, device="cpu", precision="bf16", dtype="bf16")  # bf16 weights
+    pipe = Pipeline.from_pretrained(folder, device="cpu", precision="bf16", dtype=dtype)
     if pipe.process.name != "autoregressive":
         sys.exit(f"{spec} is a {pipe.process.name} model: this benchmark reads an AR model's confidence")
     return pipe
@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.7, 0.5])
     parser.add_argument("--repeats", type=int, default=50, help="timing rounds of the pass costs (medians are kept)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
+                        help="weights in memory: fp32 weights are re-cast to bf16 at every matmul, slowest for 1 token")
     parser.add_argument("--write", action="store_true", help="append the table to BENCHMARKS.md")
     args = parser.parse_args()
     texts = default_texts()
@@ -124,7 +126,7 @@ def main() -> None:
         texts[name] = Path(path)
     rows, results = [], []
     for spec in args.model or ["smollm2"]:
-        pipe = load(spec)
+        pipe = load(spec, args.dtype)
         if args.context + args.span > pipe.seq_len:
             sys.exit(f"{spec} reads at most {pipe.seq_len} tokens: lower --context + --span "
                      f"({args.context} + {args.span})")
@@ -157,7 +159,8 @@ def main() -> None:
     costs = "; ".join(f"{Path(r['model']).name}: " + ", ".join(f"B={b} {c:.2f}x" for b, c in r["cost"].items())
                       for r in {r["model"]: r for r in results}.values())
     table = markdown_table(headers, rows)
-    notes = (f"Cost of a cached pass of B new tokens over a 1-token pass (batch 1, bf16, after {args.context} tokens, "
+    notes = (f"Cost of a cached pass of B new tokens over a 1-token pass (batch 1, {args.dtype} weights, after "
+             f"{args.context} tokens, "
              f"medians of {args.repeats} interleaved rounds): {costs}. Needed for 2x AR: 2 x that many tokens per "
              f"pass. {args.windows} windows of {args.context} context + {args.span} tokens per text.")
     print(f"\n{machine_line('cpu')}\n\n{table}\n\n{notes}")

@@ -74,7 +74,8 @@ def name_architecture(config_path: Path) -> None:
     config = json.loads(config_path.read_text())
     if config.get("architectures"):
         return
-    config["architectures"] = ["LlamaForCausalLM"]  # every GGUF we read is a LLaMA-family causal LM
+    names = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+    config["architectures"] = [names.get(str(config.get("model_type", "")).lower(), "LlamaForCausalLM")]
     tmp = config_path.with_name(config_path.name + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(config, indent=2))
     os.replace(tmp, config_path)
