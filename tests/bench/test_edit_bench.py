@@ -6,23 +6,15 @@ from __future__ import annotations
 import math
 
 import pytest
+from td_fixtures.bench_suites import tiny_suite
 
 from textdiffusion.bench import suites
 from textdiffusion.bench.run import run_suite
 
 pytestmark = pytest.mark.slow
 
-EDIT_SUITE = suites.Suite(
-    name="edit-test",
-    description="a test-sized suite with the edit families",
-    tokenizations=(suites.BYTE,),
-    families=(suites.AR, *suites.edit_families((2,), (3,))),
-    base={"data": {"source": "shakespeare", "seq_len": 16, "val_fraction": 0.05},
-          "model": {"d_model": 16, "n_layers": 1, "n_heads": 2},
-          "train": {"steps": 2, "batch_size": 2, "warmup_steps": 1, "ema_decay": 0.0, "precision": "fp32"},
-          "run": {"log_every": 1, "eval_every": 2, "eval_batches": 1, "save_every": 2, "progress": False}},
-    num_samples=2, sample_batch=2, single_samples=1, val_chunks=2, t_samples=1, infill_spans=(2,), infill_examples=2,
-)
+EDIT_SUITE = tiny_suite("edit-test", "a test-sized suite with the edit families",
+                        (suites.AR, *suites.edit_families((2,), (3,))), steps=2)
 
 
 def test_the_registered_suites_carry_both_edit_families():

@@ -6,23 +6,15 @@ from __future__ import annotations
 import math
 
 import pytest
+from td_fixtures.bench_suites import tiny_suite
 
 from textdiffusion.bench import suites
 from textdiffusion.bench.run import run_suite
 
 pytestmark = pytest.mark.slow
 
-LATENT_SUITE = suites.Suite(
-    name="latent-test",
-    description="a test-sized suite with the latent family",
-    tokenizations=(suites.BYTE,),
-    families=(suites.AR, suites.latent((2, 3), ae_steps=2)),
-    base={"data": {"source": "shakespeare", "seq_len": 16, "val_fraction": 0.05},
-          "model": {"d_model": 16, "n_layers": 1, "n_heads": 2},
-          "train": {"steps": 4, "batch_size": 2, "warmup_steps": 1, "ema_decay": 0.0, "precision": "fp32"},
-          "run": {"log_every": 1, "eval_every": 4, "eval_batches": 1, "save_every": 4, "progress": False}},
-    num_samples=2, sample_batch=2, single_samples=1, val_chunks=2, t_samples=1, infill_spans=(2,), infill_examples=2,
-)
+LATENT_SUITE = tiny_suite("latent-test", "a test-sized suite with the latent family",
+                          (suites.AR, suites.latent((2, 3), ae_steps=2)), steps=4)
 
 
 def test_the_registered_suites_carry_the_latent_family_within_their_budget():
